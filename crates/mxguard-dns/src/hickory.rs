@@ -115,7 +115,7 @@ impl HickoryResolver {
         }
         let mut fqdn = Name::from_ascii(name).map_err(|_| LookupError::InvalidName(name.into()))?;
         fqdn.set_fqdn(true);
-        let mut stream = self.pool.lookup(Query::query(fqdn, rtype), self.request.clone());
+        let mut stream = self.pool.lookup(Query::query(fqdn, rtype), self.request);
         let response = match stream.next().await {
             Some(Ok(response)) => response,
             Some(Err(err)) => return classify(err),

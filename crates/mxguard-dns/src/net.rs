@@ -250,3 +250,58 @@ mod tests {
         assert_eq!(normalize_name("."), "");
     }
 }
+
+/// Turn user input into the A-label form of a mail domain, or say why not.
+///
+/// Accepts IDNs (converted with IDNA/UTS 46), any case, an optional trailing
+/// dot. Rejects empty input, addresses, labels longer than 63 octets, names
+/// longer than 253, and characters a host name cannot hold.
+pub fn parse_domain(input: &str) -> Result<String, String> {
+    let trimmed = input.trim();
+    let bare = trimmed.strip_suffix('.').unwrap_or(trimmed);
+    if bare.is_empty() {
+        return Err("empty domain name".into());
+    }
+    if bare.parse::<IpAddr>().is_ok() || name_as_ip_literal(bare).is_some() {
+        return Err(format!("{trimmed:?} is an address, not a domain name"));
+    }
+    let name = hickory_proto::rr::Name::from_utf8(bare)
+        .map_err(|e| format!("{trimmed:?} is not a valid domain name: {e}"))?;
+    let ascii = normalize_name(&name.to_ascii());
+    if ascii.len() > 253 {
+        return Err(format!("{trimmed:?} is longer than 253 characters"));
+    }
+    for label in ascii.split('.') {
+        if label.is_empty() {
+            return Err(format!("{trimmed:?} has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(format!("{trimmed:?} has a label longer than 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return Err(format!("{trimmed:?} is not a valid host name (label {label:?})"));
+        }
+    }
+    Ok(ascii)
+}
+
+#[cfg(test)]
+mod domain_tests {
+    use super::parse_domain;
+
+    #[test]
+    fn domains() {
+        assert_eq!(parse_domain("Example.COM.").unwrap(), "example.com");
+        assert_eq!(parse_domain(" bücher.example ").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(parse_domain("例え.jp").unwrap(), "xn--r8jz45g.jp");
+        for bad in ["", ".", "192.0.2.1", "[::1]", "a..b", "-x.com", "x-.com", "a b.com", "x@y.com",
+            &format!("{}.com", "a".repeat(64)), &format!("{}com", "abcdefghi.".repeat(26))] {
+            assert!(parse_domain(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}
