@@ -26,6 +26,10 @@ pub struct CheckOptions {
     /// Treat private and loopback addresses as expected (labs): look them up
     /// and do not report them.
     pub allow_private: bool,
+    /// Probe each MX address over SMTP. Not built yet (the SMTP issue): the
+    /// report says `smtp_probed: false` and the verdict calls parity
+    /// unverified.
+    pub smtp: bool,
 }
 
 /// Audit one domain (given in any form `parse_domain` accepts).

@@ -77,7 +77,7 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
             "{d} has no backup MX and needs none: sending servers queue mail and retry for {SENDER_QUEUE_WINDOW} (RFC 5321 §4.5.4.1), so an outage of the primary shorter than that loses nothing — the mail arrives when it is back."
         );
         if front_trouble {
-            summary.push_str(" The findings below concern the primary itself: fix them first; a backup would not.");
+            summary.push_str(" The problems found concern the primary itself: fix them first; a backup would not.");
         }
         return Verdict {
             backup_mx: BackupVerdict::NotNeeded,
@@ -106,15 +106,26 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
         };
     }
 
-    let independent: Vec<&str> = backups
+    let resolvable = |b: &&str| facts.hosts.iter().any(|h| h.exchange == *b && !h.addresses.is_empty());
+    let usable: Vec<&str> = backups.iter().copied().filter(resolvable).collect();
+    if usable.is_empty() {
+        return Verdict {
+            backup_mx: BackupVerdict::Redundant,
+            summary: format!(
+                "{d}'s backup MX ({}) has no address senders can use, so it adds nothing; senders' queues cover outages of the primary of up to {SENDER_QUEUE_WINDOW}.",
+                backups.join(", ")
+            ),
+            advice,
+        };
+    }
+    let independent: Vec<&str> = usable
         .iter()
         .copied()
         .filter(|b| {
             !findings.iter().any(|f| matches!(f.id, Id::BackupSharesAddress | Id::BackupSharesNetwork) && on_host(f, b))
         })
         .collect();
-    let resolvable = |b: &&str| facts.hosts.iter().any(|h| h.exchange == *b && !h.addresses.is_empty());
-    if independent.iter().any(resolvable) {
+    if !independent.is_empty() {
         Verdict {
             backup_mx: BackupVerdict::Healthy,
             summary: format!(
@@ -128,7 +139,7 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
             backup_mx: BackupVerdict::Redundant,
             summary: format!(
                 "{d}'s backup MX ({}) shares infrastructure with the primary, so the outages that stop the primary stop it too; senders' queues already cover short outages.{unverified}",
-                backups.join(", ")
+                usable.join(", ")
             ),
             advice,
         }

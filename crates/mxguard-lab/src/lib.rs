@@ -4,6 +4,7 @@
 //! Tests and `mxguard demo` use it instead of the internet. Every server binds
 //! a port chosen at run time, so any number of labs run side by side.
 
+pub mod demo;
 pub mod dns;
 pub mod zones;
 

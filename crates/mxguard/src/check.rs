@@ -1,0 +1,137 @@
+//! `mxguard check`: audit domains and print reports.
+
+use futures_util::StreamExt;
+use mxguard_audit::{CheckOptions, GatherError, Report, Severity};
+use mxguard_dns::HickoryResolver;
+use serde::Serialize;
+
+use crate::cli::{CheckConfig, Format};
+use crate::output;
+use crate::render;
+use crate::{Exit, Failure};
+
+/// A domain that could not be checked, as it appears in JSON output.
+#[derive(Debug, Serialize)]
+struct ErrorRecord<'a> {
+    schema_version: u32,
+    domain: &'a str,
+    error: ErrorBody,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    kind: &'static str,
+    message: String,
+}
+
+fn error_record<'a>(domain: &'a str, err: &GatherError) -> ErrorRecord<'a> {
+    let kind = match err {
+        GatherError::ResolverUnreachable { .. } => "resolver-unreachable",
+        GatherError::MxLookup { .. } => "mx-lookup-failed",
+        _ => "check-failed",
+    };
+    ErrorRecord {
+        schema_version: mxguard_audit::SCHEMA_VERSION,
+        domain,
+        error: ErrorBody {
+            kind,
+            message: err.to_string(),
+        },
+    }
+}
+
+/// The resolver for a check: each DNS question gets two tries, which
+/// together fit inside `--timeout`.
+pub fn resolver(cfg: &CheckConfig) -> Result<HickoryResolver, Failure> {
+    HickoryResolver::new(&cfg.resolver, cfg.timeout / 2).map_err(|e| Failure::Usage(format!("DNS resolver: {e}")))
+}
+
+/// Run `check` and return the exit status the contract asks for.
+pub async fn run(cfg: CheckConfig) -> Result<Exit, Failure> {
+    let resolver = resolver(&cfg)?;
+    let opts = CheckOptions {
+        allow_private: cfg.allow_private,
+        smtp: cfg.smtp,
+    };
+    let results = futures_util::stream::iter(cfg.domains.iter())
+        .map(|domain| {
+            let resolver = &resolver;
+            async move { (domain.as_str(), mxguard_audit::check_domain(resolver, domain, opts).await) }
+        })
+        .buffered(cfg.jobs);
+    emit(results, cfg.format, cfg.domains.len(), &|_| None).await
+}
+
+/// Print results as they arrive (in input order) and work out the exit code.
+/// `caption` may give a line to print above a domain's text report.
+pub async fn emit<'a, S, R>(
+    results: S,
+    format: Format,
+    count: usize,
+    caption: &dyn Fn(&str) -> Option<&'static str>,
+) -> Result<Exit, Failure>
+where
+    S: futures_util::Stream<Item = (&'a str, Result<R, GatherError>)>,
+    R: std::borrow::Borrow<Report>,
+{
+    let mut results = std::pin::pin!(results);
+    let mut worst: Option<Severity> = None;
+    let mut failed = false;
+    let mut collected: Vec<serde_json::Value> = Vec::new();
+    let mut first = true;
+    while let Some((domain, result)) = results.next().await {
+        match &result {
+            Ok(report) => {
+                let report = report.borrow();
+                worst = worst.max(report.worst());
+                match format {
+                    Format::Text => {
+                        let sep = if first { "" } else { "\n" };
+                        let cap = caption(domain).map(render::caption).unwrap_or_default();
+                        output::write_styled(&format!("{sep}{cap}{}", render::report(report)))?;
+                    }
+                    Format::Jsonl => output::write_plain(&format!("{}\n", to_json(report)?))?,
+                    Format::Json => collected.push(serde_json::to_value(report).map_err(json_err)?),
+                }
+            }
+            Err(err) => {
+                failed = true;
+                eprintln!("error: {err}");
+                if err.is_resolver_unreachable() {
+                    // Nothing else will get an answer either: stop here.
+                    return Ok(Exit::Error);
+                }
+                match format {
+                    Format::Text => {}
+                    Format::Jsonl => output::write_plain(&format!("{}\n", to_json(&error_record(domain, err))?))?,
+                    Format::Json => collected.push(serde_json::to_value(error_record(domain, err)).map_err(json_err)?),
+                }
+            }
+        }
+        first = false;
+    }
+    if format == Format::Json {
+        let value = if count == 1 && collected.len() == 1 {
+            collected.pop().unwrap_or_default()
+        } else {
+            serde_json::Value::Array(collected)
+        };
+        let text = serde_json::to_string_pretty(&value).map_err(json_err)?;
+        output::write_plain(&format!("{text}\n"))?;
+    }
+    Ok(if failed {
+        Exit::Error
+    } else if worst >= Some(Severity::Warning) {
+        Exit::Findings
+    } else {
+        Exit::Clean
+    })
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, Failure> {
+    serde_json::to_string(value).map_err(json_err)
+}
+
+fn json_err(e: serde_json::Error) -> Failure {
+    Failure::Internal(format!("serialising JSON: {e}"))
+}

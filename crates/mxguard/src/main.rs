@@ -1,0 +1,91 @@
+//! mxguard: do I need a backup MX, and is the one I have helping or hurting?
+//!
+//! This binary parses the command line, validates it into a configuration,
+//! runs the command, and maps the outcome onto the exit-code contract
+//! (DESIGN §3): 0 clean, 1 findings at warning or above, 2 the check could
+//! not run. A closed output pipe exits 0.
+
+mod check;
+mod cli;
+mod demo;
+mod output;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The exit statuses of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// No finding at warning or above.
+    Clean = 0,
+    /// At least one warning or critical finding.
+    Findings = 1,
+    /// The check itself could not run.
+    Error = 2,
+}
+
+/// Why a command stopped early.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input or an unusable environment; the message says which.
+    Usage(String),
+    /// Writing the output failed.
+    Io(std::io::Error),
+    /// A bug or an impossible state.
+    Internal(String),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MXGUARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Check(args) => {
+                let cfg = args.into_config().map_err(|e| Failure::Usage(format!("{e:#}")))?;
+                check::run(cfg).await
+            }
+            cli::Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(Failure::Io(e)) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(Failure::Io(e)) => {
+            eprintln!("error: writing output: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Usage(msg)) | Err(Failure::Internal(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
