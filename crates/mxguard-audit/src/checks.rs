@@ -28,7 +28,13 @@ pub fn dns_findings(facts: &DomainFacts, policy: CheckPolicy) -> Vec<Finding> {
     // story: the domain cannot receive mail.
     let any_address = facts.hosts.iter().any(|h| !h.addresses.is_empty());
     for host in &facts.hosts {
-        host_findings(host, any_address, facts.route.is_implicit(), policy, &mut out);
+        host_findings(
+            host,
+            any_address,
+            facts.route.is_implicit(),
+            policy,
+            &mut out,
+        );
     }
     backup_findings(&facts.hosts, &mut out);
     sort(&mut out);
@@ -51,7 +57,11 @@ fn mx_lines(facts: &DomainFacts) -> String {
         .mx_records
         .iter()
         .map(|r| {
-            let ex = if r.exchange.is_empty() { "." } else { r.exchange.as_str() };
+            let ex = if r.exchange.is_empty() {
+                "."
+            } else {
+                r.exchange.as_str()
+            };
             format!("{} MX {} {}", facts.domain, r.preference, ex)
         })
         .collect::<Vec<_>>()
@@ -101,7 +111,10 @@ fn lookup_failed(e: &LookupFailure, host: Option<&str>, ip: Option<IpAddr>) -> F
     let mut f = Finding::new(
         Id::DnsLookupFailed,
         Severity::Warning,
-        format!("the lookup {} got no answer ({}); the results that depend on it are unknown, not absent", e.query, e.error),
+        format!(
+            "the lookup {} got no answer ({}); the results that depend on it are unknown, not absent",
+            e.query, e.error
+        ),
         format!("{} → {}", e.query, e.error),
     );
     f.host = host.map(str::to_owned);
@@ -109,9 +122,19 @@ fn lookup_failed(e: &LookupFailure, host: Option<&str>, ip: Option<IpAddr>) -> F
     f
 }
 
-fn host_findings(host: &MxHost, any_address: bool, implicit: bool, policy: CheckPolicy, out: &mut Vec<Finding>) {
+fn host_findings(
+    host: &MxHost,
+    any_address: bool,
+    implicit: bool,
+    policy: CheckPolicy,
+    out: &mut Vec<Finding>,
+) {
     let name = host.exchange.as_str();
-    let fatal = if any_address { Severity::Warning } else { Severity::Critical };
+    let fatal = if any_address {
+        Severity::Warning
+    } else {
+        Severity::Critical
+    };
     if host.ip_literal {
         out.push(
             Finding::new(
@@ -134,7 +157,10 @@ fn host_findings(host: &MxHost, any_address: bool, implicit: bool, policy: Check
             .host(name),
         );
     }
-    let addr_lookup_failed = host.lookup_errors.iter().any(|e| e.query.starts_with("A ") || e.query.starts_with("AAAA "));
+    let addr_lookup_failed = host
+        .lookup_errors
+        .iter()
+        .any(|e| e.query.starts_with("A ") || e.query.starts_with("AAAA "));
     if host.addresses.is_empty() && !host.ip_literal && !addr_lookup_failed && !implicit {
         out.push(
             Finding::new(
@@ -214,7 +240,11 @@ fn backup_findings(hosts: &[MxHost], out: &mut Vec<Finding>) {
     for backup in hosts.iter().filter(|h| h.role == Role::Backup) {
         let name = backup.exchange.as_str();
         if let Some(shared) = backup.addresses.iter().find(|a| front_ips.contains(&a.ip)) {
-            let (owner, _) = front.iter().find(|(_, a)| a.ip == shared.ip).copied().expect("ip came from front");
+            let (owner, _) = front
+                .iter()
+                .find(|(_, a)| a.ip == shared.ip)
+                .copied()
+                .expect("ip came from front");
             out.push(
                 Finding::new(
                     Id::BackupSharesAddress,
@@ -228,7 +258,10 @@ fn backup_findings(hosts: &[MxHost], out: &mut Vec<Finding>) {
             continue;
         }
         let same_net = backup.addresses.iter().find_map(|b| {
-            front.iter().find(|(_, f)| same_network(b.ip, f.ip)).map(|(h, f)| (b, *h, *f))
+            front
+                .iter()
+                .find(|(_, f)| same_network(b.ip, f.ip))
+                .map(|(h, f)| (b, *h, *f))
         });
         if let Some((b, owner, f)) = same_net {
             let width = if b.ip.is_ipv4() { "/24" } else { "/48" };
@@ -248,9 +281,12 @@ fn backup_findings(hosts: &[MxHost], out: &mut Vec<Finding>) {
             continue;
         }
         let same_asn = backup.addresses.iter().find_map(|b| {
-            front
-                .iter()
-                .find_map(|(h, f)| b.asns.iter().find(|asn| f.asns.contains(asn)).map(|asn| (b, *h, *asn)))
+            front.iter().find_map(|(h, f)| {
+                b.asns
+                    .iter()
+                    .find(|asn| f.asns.contains(asn))
+                    .map(|asn| (b, *h, *asn))
+            })
         });
         if let Some((b, owner, asn)) = same_asn {
             out.push(

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use futures_util::future::join_all;
-use mxguard_dns::net::{address_scope, name_as_ip_literal, parse_cymru_origin, AddressScope};
+use mxguard_dns::net::{AddressScope, address_scope, name_as_ip_literal, parse_cymru_origin};
 use mxguard_dns::plan::{self, Hop, Route};
 use mxguard_dns::{Answer, LookupError, MxRecord, Resolver};
 
@@ -64,7 +64,11 @@ pub(crate) fn failure(query: String, error: LookupError) -> LookupFailure {
 }
 
 /// Ask everything about `domain` (already in A-label form).
-pub async fn gather<R: Resolver>(resolver: &R, domain: &str, opts: GatherOptions) -> Result<DomainFacts, GatherError> {
+pub async fn gather<R: Resolver>(
+    resolver: &R,
+    domain: &str,
+    opts: GatherOptions,
+) -> Result<DomainFacts, GatherError> {
     let mx = match resolver.mx(domain).await {
         Ok(answer) => answer,
         Err(cause) if cause.is_resolver_failure() => {
@@ -94,7 +98,13 @@ pub async fn gather<R: Resolver>(resolver: &R, domain: &str, opts: GatherOptions
     }
     let route = plan::plan(domain, &mx.records, !domain_addresses.is_empty());
 
-    let hosts = join_all(route.hops().iter().map(|hop| host_facts(resolver, hop, opts, route.is_implicit(), &domain_addresses))).await;
+    let hosts = join_all(
+        route
+            .hops()
+            .iter()
+            .map(|hop| host_facts(resolver, hop, opts, route.is_implicit(), &domain_addresses)),
+    )
+    .await;
 
     Ok(DomainFacts {
         domain: domain.to_owned(),
@@ -134,7 +144,13 @@ fn collect_addresses(
     chain
 }
 
-async fn host_facts<R: Resolver>(resolver: &R, hop: &Hop, opts: GatherOptions, implicit: bool, implicit_addrs: &[IpAddr]) -> MxHost {
+async fn host_facts<R: Resolver>(
+    resolver: &R,
+    hop: &Hop,
+    opts: GatherOptions,
+    implicit: bool,
+    implicit_addrs: &[IpAddr],
+) -> MxHost {
     let mut host = MxHost {
         preference: hop.preference,
         exchange: hop.exchange.clone(),
@@ -151,7 +167,8 @@ async fn host_facts<R: Resolver>(resolver: &R, hop: &Hop, opts: GatherOptions, i
         ips.extend_from_slice(implicit_addrs);
     } else if !host.ip_literal {
         let (a, aaaa) = tokio::join!(resolver.a(&hop.exchange), resolver.aaaa(&hop.exchange));
-        host.cname_chain = collect_addresses(&hop.exchange, a, aaaa, &mut ips, &mut host.lookup_errors);
+        host.cname_chain =
+            collect_addresses(&hop.exchange, a, aaaa, &mut ips, &mut host.lookup_errors);
     }
     ips.dedup();
     host.addresses = join_all(ips.into_iter().map(|ip| address_facts(resolver, ip, opts))).await;
@@ -189,7 +206,9 @@ async fn address_facts<R: Resolver>(resolver: &R, ip: IpAddr, opts: GatherOption
                 addr.asn_prefix = origin.prefix;
             }
         }
-        Err(e) => addr.lookup_errors.push(failure(format!("TXT {asn_name}"), e)),
+        Err(e) => addr
+            .lookup_errors
+            .push(failure(format!("TXT {asn_name}"), e)),
     }
 
     match ptr {
@@ -198,21 +217,36 @@ async fn address_facts<R: Resolver>(resolver: &R, ip: IpAddr, opts: GatherOption
             addr.ptr_names = ans.records;
             addr.ptr = addr.ptr_names.first().cloned();
             if !addr.ptr_names.is_empty() {
-                addr.fcrdns = forward_confirm(resolver, ip, &addr.ptr_names, &mut addr.lookup_errors).await;
+                addr.fcrdns =
+                    forward_confirm(resolver, ip, &addr.ptr_names, &mut addr.lookup_errors).await;
             }
         }
-        Err(e) => addr.lookup_errors.push(failure(format!("PTR {}", mxguard_dns::net::reverse_name(ip)), e)),
+        Err(e) => addr.lookup_errors.push(failure(
+            format!("PTR {}", mxguard_dns::net::reverse_name(ip)),
+            e,
+        )),
     }
     addr
 }
 
 /// FCrDNS: does any PTR name resolve back to `ip`? `None` when no name
 /// confirms and at least one forward lookup failed — then we do not know.
-async fn forward_confirm<R: Resolver>(resolver: &R, ip: IpAddr, names: &[String], errors: &mut Vec<LookupFailure>) -> Option<bool> {
+async fn forward_confirm<R: Resolver>(
+    resolver: &R,
+    ip: IpAddr,
+    names: &[String],
+    errors: &mut Vec<LookupFailure>,
+) -> Option<bool> {
     let lookups = join_all(names.iter().map(|name| async move {
         match ip {
-            IpAddr::V4(v4) => (name, resolver.a(name).await.map(|a| a.records.contains(&v4))),
-            IpAddr::V6(v6) => (name, resolver.aaaa(name).await.map(|a| a.records.contains(&v6))),
+            IpAddr::V4(v4) => (
+                name,
+                resolver.a(name).await.map(|a| a.records.contains(&v4)),
+            ),
+            IpAddr::V6(v6) => (
+                name,
+                resolver.aaaa(name).await.map(|a| a.records.contains(&v6)),
+            ),
         }
     }))
     .await;

@@ -88,7 +88,12 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(id: FindingId, severity: Severity, message: impl Into<String>, evidence: impl Into<String>) -> Self {
+    pub fn new(
+        id: FindingId,
+        severity: Severity,
+        message: impl Into<String>,
+        evidence: impl Into<String>,
+    ) -> Self {
         Finding {
             id,
             severity,

@@ -33,10 +33,26 @@ pub struct CheckOptions {
 }
 
 /// Audit one domain (given in any form `parse_domain` accepts).
-pub async fn check_domain<R: Resolver>(resolver: &R, domain: &str, opts: CheckOptions) -> Result<Report, GatherError> {
+pub async fn check_domain<R: Resolver>(
+    resolver: &R,
+    domain: &str,
+    opts: CheckOptions,
+) -> Result<Report, GatherError> {
     let started = Instant::now();
-    let facts = facts::gather(resolver, domain, GatherOptions { allow_private: opts.allow_private }).await?;
-    let findings = checks::dns_findings(&facts, checks::CheckPolicy { allow_private: opts.allow_private });
+    let facts = facts::gather(
+        resolver,
+        domain,
+        GatherOptions {
+            allow_private: opts.allow_private,
+        },
+    )
+    .await?;
+    let findings = checks::dns_findings(
+        &facts,
+        checks::CheckPolicy {
+            allow_private: opts.allow_private,
+        },
+    );
     let smtp_probed = false;
     let verdict = verdict::verdict(&facts, &findings, smtp_probed);
     let route = match facts.route {

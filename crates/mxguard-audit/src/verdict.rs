@@ -16,18 +16,42 @@ const SENDER_QUEUE_WINDOW: &str = "4 to 5 days";
 pub fn fix_for(id: Id) -> Option<&'static str> {
     Some(match id {
         Id::NullMx => return None,
-        Id::NullMxMixed => "Publish either the null MX alone (no mail) or only real MX records, never both.",
-        Id::NoMx => "Publish an explicit MX record for the host that receives mail, or a null MX (`MX 0 .`) if the domain takes none.",
-        Id::NoMailRoute => "If the domain takes no mail, publish a null MX (`MX 0 .`, RFC 7505) so senders fail fast; otherwise publish MX records.",
-        Id::MxTargetCname => "Point the MX record at the canonical host name (the CNAME's target), not at an alias.",
-        Id::MxTargetIpLiteral => "Give the host a name with an A/AAAA record and publish that name in the MX record.",
-        Id::MxUnresolvable => "Add A/AAAA records for the exchange, or remove the MX record that names it.",
-        Id::MxPrivateAddress => "Publish the host's public address, or remove the MX record; keep private addresses out of public DNS.",
-        Id::MxNoPtr => "Ask the address's owner (hosting provider or ISP) to set a PTR record naming the host.",
-        Id::MxPtrMismatch => "Make the PTR name resolve back to the address (add the A/AAAA record), or change the PTR to a name that does.",
-        Id::BackupSharesAddress => "Run the backup on a separate machine, network and provider — or remove it; senders already retry for days.",
-        Id::BackupSharesNetwork => "Move the backup to another network (and ideally another provider), or remove it; senders already retry for days.",
-        Id::DnsLookupFailed => "Check the authoritative servers for the name in the evidence; a lookup that times out or SERVFAILs delays mail.",
+        Id::NullMxMixed => {
+            "Publish either the null MX alone (no mail) or only real MX records, never both."
+        }
+        Id::NoMx => {
+            "Publish an explicit MX record for the host that receives mail, or a null MX (`MX 0 .`) if the domain takes none."
+        }
+        Id::NoMailRoute => {
+            "If the domain takes no mail, publish a null MX (`MX 0 .`, RFC 7505) so senders fail fast; otherwise publish MX records."
+        }
+        Id::MxTargetCname => {
+            "Point the MX record at the canonical host name (the CNAME's target), not at an alias."
+        }
+        Id::MxTargetIpLiteral => {
+            "Give the host a name with an A/AAAA record and publish that name in the MX record."
+        }
+        Id::MxUnresolvable => {
+            "Add A/AAAA records for the exchange, or remove the MX record that names it."
+        }
+        Id::MxPrivateAddress => {
+            "Publish the host's public address, or remove the MX record; keep private addresses out of public DNS."
+        }
+        Id::MxNoPtr => {
+            "Ask the address's owner (hosting provider or ISP) to set a PTR record naming the host."
+        }
+        Id::MxPtrMismatch => {
+            "Make the PTR name resolve back to the address (add the A/AAAA record), or change the PTR to a name that does."
+        }
+        Id::BackupSharesAddress => {
+            "Run the backup on a separate machine, network and provider — or remove it; senders already retry for days."
+        }
+        Id::BackupSharesNetwork => {
+            "Move the backup to another network (and ideally another provider), or remove it; senders already retry for days."
+        }
+        Id::DnsLookupFailed => {
+            "Check the authoritative servers for the name in the evidence; a lookup that times out or SERVFAILs delays mail."
+        }
     })
 }
 
@@ -48,15 +72,23 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
         Route::NullMx => {
             return Verdict {
                 backup_mx: BackupVerdict::NoMail,
-                summary: format!("{d} says it accepts no mail (null MX), so a backup MX has nothing to back up."),
+                summary: format!(
+                    "{d} says it accepts no mail (null MX), so a backup MX has nothing to back up."
+                ),
                 advice,
             };
         }
         Route::NoRoute => {
-            let why = if facts.nxdomain { "does not exist" } else { "has no MX and no address" };
+            let why = if facts.nxdomain {
+                "does not exist"
+            } else {
+                "has no MX and no address"
+            };
             return Verdict {
                 backup_mx: BackupVerdict::NoMail,
-                summary: format!("{d} {why}, so mail to it cannot be delivered and a backup MX has nothing to back up."),
+                summary: format!(
+                    "{d} {why}, so mail to it cannot be delivered and a backup MX has nothing to back up."
+                ),
                 advice,
             };
         }
@@ -68,7 +100,12 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
     } else {
         " Recipient validation and relay policy were not probed over SMTP, so whether each backup matches the primary is unverified."
     };
-    let backups: Vec<&str> = facts.hosts.iter().filter(|h| h.role == Role::Backup).map(|h| h.exchange.as_str()).collect();
+    let backups: Vec<&str> = facts
+        .hosts
+        .iter()
+        .filter(|h| h.role == Role::Backup)
+        .map(|h| h.exchange.as_str())
+        .collect();
     let on_host = |f: &Finding, host: &str| f.host.as_deref() == Some(host);
 
     if backups.is_empty() {
@@ -89,10 +126,19 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
     let liable: Vec<&str> = backups
         .iter()
         .copied()
-        .filter(|b| findings.iter().any(|f| f.severity == Severity::Critical && on_host(f, b)))
+        .filter(|b| {
+            findings
+                .iter()
+                .any(|f| f.severity == Severity::Critical && on_host(f, b))
+        })
         .collect();
     if !liable.is_empty() {
-        let primary = facts.hosts.iter().find(|h| h.role.is_front()).map(|h| h.exchange.as_str()).unwrap_or("the primary");
+        let primary = facts
+            .hosts
+            .iter()
+            .find(|h| h.role.is_front())
+            .map(|h| h.exchange.as_str())
+            .unwrap_or("the primary");
         advice.push(format!(
             "Or drop the backup: publish only `{d}. IN MX 10 {primary}.` — senders' queues cover outages of up to {SENDER_QUEUE_WINDOW}."
         ));
@@ -106,7 +152,12 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
         };
     }
 
-    let resolvable = |b: &&str| facts.hosts.iter().any(|h| h.exchange == *b && !h.addresses.is_empty());
+    let resolvable = |b: &&str| {
+        facts
+            .hosts
+            .iter()
+            .any(|h| h.exchange == *b && !h.addresses.is_empty())
+    };
     let usable: Vec<&str> = backups.iter().copied().filter(resolvable).collect();
     if usable.is_empty() {
         return Verdict {
@@ -122,7 +173,9 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
         .iter()
         .copied()
         .filter(|b| {
-            !findings.iter().any(|f| matches!(f.id, Id::BackupSharesAddress | Id::BackupSharesNetwork) && on_host(f, b))
+            !findings.iter().any(|f| {
+                matches!(f.id, Id::BackupSharesAddress | Id::BackupSharesNetwork) && on_host(f, b)
+            })
         })
         .collect();
     if !independent.is_empty() {

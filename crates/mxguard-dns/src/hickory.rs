@@ -52,6 +52,8 @@ impl ResolverSpec {
 pub struct HickoryResolver {
     pool: RetryDnsHandle<NameServerPool<TokioRuntimeProvider>>,
     request: DnsRequestOptions,
+    /// The most one question may take, retries included.
+    budget: Duration,
     description: String,
 }
 
@@ -64,8 +66,8 @@ impl std::fmt::Debug for HickoryResolver {
 }
 
 impl HickoryResolver {
-    /// Build a resolver; `timeout` bounds each attempt, and each question is
-    /// tried twice per server before it counts as timed out.
+    /// Build a resolver; `timeout` bounds each question, retries included
+    /// (each question gets two tries of half the budget).
     pub fn new(spec: &ResolverSpec, timeout: Duration) -> Result<Self, LookupError> {
         let (servers, mut opts, description) = match spec {
             ResolverSpec::System => {
@@ -90,12 +92,17 @@ impl HickoryResolver {
                         c
                     })
                     .collect();
-                (vec![ns], ResolverOpts::default(), format!("resolver {addr}"))
+                (
+                    vec![ns],
+                    ResolverOpts::default(),
+                    format!("resolver {addr}"),
+                )
             }
         };
-        opts.timeout = timeout;
+        opts.timeout = timeout / 2;
         opts.attempts = 2;
-        let tls = TlsConfig::new().map_err(|e| LookupError::Other(format!("resolver setup: {e}")))?;
+        let tls =
+            TlsConfig::new().map_err(|e| LookupError::Other(format!("resolver setup: {e}")))?;
         let context = Arc::new(PoolContext::new(opts, tls));
         let attempts = context.options.attempts;
         let pool = NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
@@ -105,6 +112,7 @@ impl HickoryResolver {
         Ok(HickoryResolver {
             pool: RetryDnsHandle::new(pool, attempts),
             request,
+            budget: timeout,
             description,
         })
     }
@@ -116,10 +124,12 @@ impl HickoryResolver {
         let mut fqdn = Name::from_ascii(name).map_err(|_| LookupError::InvalidName(name.into()))?;
         fqdn.set_fqdn(true);
         let mut stream = self.pool.lookup(Query::query(fqdn, rtype), self.request);
-        let response = match stream.next().await {
-            Some(Ok(response)) => response,
-            Some(Err(err)) => return classify(err),
-            None => return Err(LookupError::Other("no response".into())),
+        // hickory may try UDP and TCP per attempt; the budget is ours to keep.
+        let response = match tokio::time::timeout(self.budget, stream.next()).await {
+            Err(_elapsed) => return Err(LookupError::Timeout),
+            Ok(Some(Ok(response))) => response,
+            Ok(Some(Err(err))) => return classify(err),
+            Ok(None) => return Err(LookupError::Other("no response".into())),
         };
         let response = match DnsError::from_response(response) {
             Ok(response) => response,
@@ -152,7 +162,9 @@ fn classify(err: NetError) -> LookupResult<RData> {
         },
         NetError::Dns(DnsError::ResponseCode(code)) => Err(rcode_error(code)),
         NetError::Timeout => Err(LookupError::Timeout),
-        NetError::NoConnections => Err(LookupError::Unreachable("no connection could be made".into())),
+        NetError::NoConnections => Err(LookupError::Unreachable(
+            "no connection could be made".into(),
+        )),
         NetError::Io(io) => match io.kind() {
             std::io::ErrorKind::ConnectionRefused
             | std::io::ErrorKind::ConnectionReset

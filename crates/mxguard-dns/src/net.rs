@@ -189,7 +189,9 @@ mod tests {
             cymru_origin_name("198.51.100.7".parse().unwrap()),
             "7.100.51.198.origin.asn.cymru.com"
         );
-        assert!(cymru_origin_name("2001:db8::1".parse().unwrap()).ends_with(".origin6.asn.cymru.com"));
+        assert!(
+            cymru_origin_name("2001:db8::1".parse().unwrap()).ends_with(".origin6.asn.cymru.com")
+        );
     }
 
     #[test]
@@ -284,7 +286,9 @@ pub fn parse_domain(input: &str) -> Result<String, String> {
             || label.starts_with('-')
             || label.ends_with('-')
         {
-            return Err(format!("{trimmed:?} is not a valid host name (label {label:?})"));
+            return Err(format!(
+                "{trimmed:?} is not a valid host name (label {label:?})"
+            ));
         }
     }
     Ok(ascii)
@@ -297,10 +301,24 @@ mod domain_tests {
     #[test]
     fn domains() {
         assert_eq!(parse_domain("Example.COM.").unwrap(), "example.com");
-        assert_eq!(parse_domain(" bücher.example ").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(
+            parse_domain(" bücher.example ").unwrap(),
+            "xn--bcher-kva.example"
+        );
         assert_eq!(parse_domain("例え.jp").unwrap(), "xn--r8jz45g.jp");
-        for bad in ["", ".", "192.0.2.1", "[::1]", "a..b", "-x.com", "x-.com", "a b.com", "x@y.com",
-            &format!("{}.com", "a".repeat(64)), &format!("{}com", "abcdefghi.".repeat(26))] {
+        for bad in [
+            "",
+            ".",
+            "192.0.2.1",
+            "[::1]",
+            "a..b",
+            "-x.com",
+            "x-.com",
+            "a b.com",
+            "x@y.com",
+            &format!("{}.com", "a".repeat(64)),
+            &format!("{}com", "abcdefghi.".repeat(26)),
+        ] {
             assert!(parse_domain(bad).is_err(), "{bad:?} should be rejected");
         }
     }

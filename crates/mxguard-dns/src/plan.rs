@@ -193,19 +193,33 @@ mod tests {
         #[allow(clippy::type_complexity)]
         let table: &[(&[(u16, &str)], Vec<(u16, &str, Role)>)] = &[
             // single host
-            (&[(10, "mx.example.com")], vec![(10, "mx.example.com", Primary)]),
+            (
+                &[(10, "mx.example.com")],
+                vec![(10, "mx.example.com", Primary)],
+            ),
             // out of order in the answer
             (
                 &[(20, "b.example.net"), (10, "a.example.com")],
-                vec![(10, "a.example.com", Primary), (20, "b.example.net", Backup)],
+                vec![
+                    (10, "a.example.com", Primary),
+                    (20, "b.example.net", Backup),
+                ],
             ),
             // ties at the top are peers; a tie lower down stays backup
             (
                 &[(10, "b.x"), (10, "a.x"), (30, "d.x"), (30, "c.x")],
-                vec![(10, "a.x", Peer), (10, "b.x", Peer), (30, "c.x", Backup), (30, "d.x", Backup)],
+                vec![
+                    (10, "a.x", Peer),
+                    (10, "b.x", Peer),
+                    (30, "c.x", Backup),
+                    (30, "d.x", Backup),
+                ],
             ),
             // preference 0 is valid and most preferred
-            (&[(5, "b.x"), (0, "a.x")], vec![(0, "a.x", Primary), (5, "b.x", Backup)]),
+            (
+                &[(5, "b.x"), (0, "a.x")],
+                vec![(0, "a.x", Primary), (5, "b.x", Backup)],
+            ),
             // a duplicated exchange keeps its most preferred entry
             (
                 &[(20, "a.x"), (10, "a.x"), (15, "b.x")],
@@ -231,7 +245,11 @@ mod tests {
         // a root exchange at another preference is still a null MX
         assert_eq!(plan("example.com", &mx(&[(10, "")]), false), Route::NullMx);
         // mixed with real records
-        let route = plan("example.com", &mx(&[(0, "."), (10, "mx.example.com")]), false);
+        let route = plan(
+            "example.com",
+            &mx(&[(0, "."), (10, "mx.example.com")]),
+            false,
+        );
         match &route {
             Route::NullMxMixed { hops } => assert_eq!(hops.len(), 1),
             other => panic!("{other:?}"),
@@ -256,7 +274,14 @@ mod tests {
     fn delivery_order_shuffles_only_ties() {
         let route = plan(
             "x",
-            &mx(&[(10, "a"), (10, "b"), (10, "c"), (20, "d"), (30, "e"), (30, "f")]),
+            &mx(&[
+                (10, "a"),
+                (10, "b"),
+                (10, "c"),
+                (20, "d"),
+                (30, "e"),
+                (30, "f"),
+            ]),
             false,
         );
         let mut seen_first = std::collections::HashSet::new();
@@ -268,18 +293,31 @@ mod tests {
             assert_eq!(order[3].exchange, "d");
             seen_first.insert(order[0].exchange.clone());
         }
-        assert_eq!(seen_first.len(), 3, "every peer should come first sometimes");
+        assert_eq!(
+            seen_first.len(),
+            3,
+            "every peer should come first sometimes"
+        );
     }
 
     #[test]
     fn relay_forwards_only_to_more_preferred() {
         let route = plan(
             "x",
-            &mx(&[(10, "primary"), (10, "peer"), (20, "me"), (20, "twin"), (30, "worse")]),
+            &mx(&[
+                (10, "primary"),
+                (10, "peer"),
+                (20, "me"),
+                (20, "twin"),
+                (30, "worse"),
+            ]),
             false,
         );
         let names = |hops: Vec<Hop>| hops.into_iter().map(|h| h.exchange).collect::<Vec<_>>();
-        assert_eq!(names(route.more_preferred_than("ME.")), vec!["peer", "primary"]);
+        assert_eq!(
+            names(route.more_preferred_than("ME.")),
+            vec!["peer", "primary"]
+        );
         assert!(route.more_preferred_than("peer").is_empty());
         assert_eq!(route.more_preferred_than("elsewhere").len(), 5);
     }

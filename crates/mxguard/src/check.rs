@@ -40,10 +40,11 @@ fn error_record<'a>(domain: &'a str, err: &GatherError) -> ErrorRecord<'a> {
     }
 }
 
-/// The resolver for a check: each DNS question gets two tries, which
-/// together fit inside `--timeout`.
+/// The resolver for a check: each DNS question, retries included, fits
+/// inside `--timeout`.
 pub fn resolver(cfg: &CheckConfig) -> Result<HickoryResolver, Failure> {
-    HickoryResolver::new(&cfg.resolver, cfg.timeout / 2).map_err(|e| Failure::Usage(format!("DNS resolver: {e}")))
+    HickoryResolver::new(&cfg.resolver, cfg.timeout)
+        .map_err(|e| Failure::Usage(format!("DNS resolver: {e}")))
 }
 
 /// Run `check` and return the exit status the contract asks for.
@@ -56,7 +57,12 @@ pub async fn run(cfg: CheckConfig) -> Result<Exit, Failure> {
     let results = futures_util::stream::iter(cfg.domains.iter())
         .map(|domain| {
             let resolver = &resolver;
-            async move { (domain.as_str(), mxguard_audit::check_domain(resolver, domain, opts).await) }
+            async move {
+                (
+                    domain.as_str(),
+                    mxguard_audit::check_domain(resolver, domain, opts).await,
+                )
+            }
         })
         .buffered(cfg.jobs);
     emit(results, cfg.format, cfg.domains.len(), &|_| None).await
@@ -103,8 +109,11 @@ where
                 }
                 match format {
                     Format::Text => {}
-                    Format::Jsonl => output::write_plain(&format!("{}\n", to_json(&error_record(domain, err))?))?,
-                    Format::Json => collected.push(serde_json::to_value(error_record(domain, err)).map_err(json_err)?),
+                    Format::Jsonl => {
+                        output::write_plain(&format!("{}\n", to_json(&error_record(domain, err))?))?
+                    }
+                    Format::Json => collected
+                        .push(serde_json::to_value(error_record(domain, err)).map_err(json_err)?),
                 }
             }
         }

@@ -89,9 +89,11 @@ impl CheckArgs {
         let mut raw = self.domains;
         if let Some(path) = &self.input {
             let text = if path.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading domains from standard input")?
+                std::io::read_to_string(std::io::stdin())
+                    .context("reading domains from standard input")?
             } else {
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?
             };
             raw.extend(
                 text.lines()
@@ -116,7 +118,10 @@ impl CheckArgs {
             None => ResolverSpec::System,
         };
         if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= 3600.0) {
-            bail!("--timeout must be between 0 and 3600 seconds, got {}", self.timeout);
+            bail!(
+                "--timeout must be between 0 and 3600 seconds, got {}",
+                self.timeout
+            );
         }
         if self.jobs == 0 || self.jobs > 1024 {
             bail!("--jobs must be between 1 and 1024, got {}", self.jobs);

@@ -14,10 +14,16 @@ use crate::{Exit, Failure, output};
 
 pub async fn run(args: DemoArgs) -> Result<Exit, Failure> {
     let started = Instant::now();
-    let zones = ZoneSet::parse(DEMO_ZONE).map_err(|e| Failure::Internal(format!("demo zone: {e}")))?;
-    let dns = LabDns::start("127.0.0.1".parse().map_err(|_| Failure::Internal("address".into()))?, &zones)
-        .await
-        .map_err(|e| Failure::Internal(format!("starting the lab DNS server: {e}")))?;
+    let zones =
+        ZoneSet::parse(DEMO_ZONE).map_err(|e| Failure::Internal(format!("demo zone: {e}")))?;
+    let dns = LabDns::start(
+        "127.0.0.1"
+            .parse()
+            .map_err(|_| Failure::Internal("address".into()))?,
+        &zones,
+    )
+    .await
+    .map_err(|e| Failure::Internal(format!("starting the lab DNS server: {e}")))?;
     let resolver = HickoryResolver::new(&ResolverSpec::Server(dns.addr()), Duration::from_secs(2))
         .map_err(|e| Failure::Internal(format!("lab resolver: {e}")))?;
 
@@ -44,7 +50,12 @@ pub async fn run(args: DemoArgs) -> Result<Exit, Failure> {
             }
         })
         .buffered(8);
-    let caption = |domain: &str| DEMO_DOMAINS.iter().find(|d| d.domain == domain).map(|d| d.shows);
+    let caption = |domain: &str| {
+        DEMO_DOMAINS
+            .iter()
+            .find(|d| d.domain == domain)
+            .map(|d| d.shows)
+    };
     // The demo's exit status is about the demo running, not about the lab's
     // deliberately broken domains.
     let status = crate::check::emit(results, args.format, DEMO_DOMAINS.len(), &caption).await?;

@@ -67,8 +67,12 @@ fn ptr_cell(a: &Address) -> String {
         (Some(p), Some(true)) => format!("{p} ✓"),
         (Some(p), Some(false)) => format!("{p} ✗ (does not point back)"),
         (Some(p), None) => format!("{p} ?"),
-        (None, _) if a.scope != "public" && a.lookup_errors.is_empty() && !a.ptr_checked => "-".into(),
-        (None, _) if a.lookup_errors.iter().any(|e| e.query.starts_with("PTR")) => "lookup failed".into(),
+        (None, _) if a.scope != "public" && a.lookup_errors.is_empty() && !a.ptr_checked => {
+            "-".into()
+        }
+        (None, _) if a.lookup_errors.iter().any(|e| e.query.starts_with("PTR")) => {
+            "lookup failed".into()
+        }
         (None, _) => "none".into(),
     }
 }
@@ -134,7 +138,11 @@ pub fn report(r: &Report) -> String {
 
     let rows: Vec<Row> = r.mx.iter().flat_map(rows).collect();
     if rows.is_empty() {
-        let _ = writeln!(out, "  {}", paint(DIM, "no host receives mail for this domain"));
+        let _ = writeln!(
+            out,
+            "  {}",
+            paint(DIM, "no host receives mail for this domain")
+        );
     } else {
         let head = Row {
             pref: "pref".into(),
@@ -144,8 +152,20 @@ pub fn report(r: &Report) -> String {
             asn: "ASN".into(),
             ptr: "reverse DNS".into(),
         };
-        let w = |f: fn(&Row) -> &String| rows.iter().chain([&head]).map(|r| f(r).chars().count()).max().unwrap_or(0);
-        let widths = [w(|r| &r.pref), w(|r| &r.host), w(|r| &r.role), w(|r| &r.addr), w(|r| &r.asn)];
+        let w = |f: fn(&Row) -> &String| {
+            rows.iter()
+                .chain([&head])
+                .map(|r| f(r).chars().count())
+                .max()
+                .unwrap_or(0)
+        };
+        let widths = [
+            w(|r| &r.pref),
+            w(|r| &r.host),
+            w(|r| &r.role),
+            w(|r| &r.addr),
+            w(|r| &r.asn),
+        ];
         let line = |r: &Row| {
             format!(
                 "  {}  {}  {}  {}  {}  {}",
