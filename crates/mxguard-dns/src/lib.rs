@@ -19,4 +19,4 @@ pub mod plan;
 mod resolver;
 
 pub use hickory::{HickoryResolver, ResolverSpec};
-pub use resolver::{Answer, LookupError, MxRecord, RecordType, Resolver};
+pub use resolver::{Answer, LookupError, LookupResult, MxRecord, Resolver};

@@ -1,46 +1,23 @@
 //! The [`Resolver`] trait and the answer types it returns.
 
-use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-/// The record types mxguard asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[non_exhaustive]
-pub enum RecordType {
-    A,
-    Aaaa,
-    Mx,
-    Ptr,
-    Txt,
-    Soa,
-    Ns,
-}
-
-impl fmt::Display for RecordType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RecordType::A => "A",
-            RecordType::Aaaa => "AAAA",
-            RecordType::Mx => "MX",
-            RecordType::Ptr => "PTR",
-            RecordType::Txt => "TXT",
-            RecordType::Soa => "SOA",
-            RecordType::Ns => "NS",
-        })
-    }
-}
-
 /// One MX record as published: preference and exchange name.
 ///
 /// The exchange is lower-case, without the trailing dot; the root (`.`, the
-/// RFC 7505 null MX) is the empty string.
+/// RFC 7505 null MX) is the empty string here and `"."` when serialised.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MxRecord {
     pub preference: u16,
+    #[serde(serialize_with = "root_as_dot")]
     pub exchange: String,
+}
+
+fn root_as_dot<S: serde::Serializer>(name: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if name.is_empty() { "." } else { name })
 }
 
 impl MxRecord {
@@ -97,15 +74,6 @@ impl<T> Answer<T> {
 
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
-    }
-
-    /// Apply `f` to every record, keeping the metadata.
-    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Answer<U> {
-        Answer {
-            records: self.records.into_iter().map(f).collect(),
-            cname_chain: self.cname_chain,
-            nxdomain: self.nxdomain,
-        }
     }
 }
 
