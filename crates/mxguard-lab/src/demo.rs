@@ -25,11 +25,17 @@ const fn lab(domain: &'static str, shows: &'static str) -> DemoDomain {
 
 /// The demo domains, in the order they are shown.
 pub const DEMO_DOMAINS: &[DemoDomain] = &[
-    lab("clean.lab", "one well-kept MX and no backup: nothing to fix"),
+    lab(
+        "clean.lab",
+        "one well-kept MX and no backup: nothing to fix",
+    ),
     lab("backup.lab", "a backup on separate infrastructure"),
     lab("samenet.lab", "a backup in the primary's /24"),
     lab("sameasn.lab", "a backup in another /24 of the same AS"),
-    lab("sameaddr.lab", "a backup that is the primary under another name"),
+    lab(
+        "sameaddr.lab",
+        "a backup that is the primary under another name",
+    ),
     lab("nullmx.lab", "a null MX: the domain takes no mail"),
     lab("nullmixed.lab", "a null MX beside a real MX"),
     lab("nomx.lab", "no MX: senders use the domain's own address"),
@@ -44,5 +50,8 @@ pub const DEMO_DOMAINS: &[DemoDomain] = &[
     },
     lab("noptr.lab", "an MX without reverse DNS"),
     lab("ptrmismatch.lab", "reverse DNS that does not point back"),
-    lab("flaky.lab", "a name server that fails one lookup: recorded, not mistaken for absence"),
+    lab(
+        "flaky.lab",
+        "a name server that fails one lookup: recorded, not mistaken for absence",
+    ),
 ];

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_net::runtime::{Time, TokioRuntimeProvider};
-use hickory_proto::op::{Header, HeaderCounts, Metadata, MessageType, ResponseCode};
+use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode};
 use hickory_proto::rr::rdata::{NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::Server;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType};
+use hickory_server::zone_handler::{
+    AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType,
+};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::zones::{Fault, FaultKind, ZoneSet};
@@ -79,11 +81,15 @@ impl FaultyCatalog {
         }
         for record in &set.records {
             let name = mxguard_dns::net::normalize_name(&record.name.to_ascii());
-            by_zone.entry(set.zone_of(&name)).or_default().push(record.clone());
+            by_zone
+                .entry(set.zone_of(&name))
+                .or_default()
+                .push(record.clone());
         }
         let mut catalog = Catalog::new();
         for (zone, records) in by_zone {
-            let origin = Name::from_ascii(format!("{zone}.")).map_err(|e| format!("zone {zone}: {e}"))?;
+            let origin =
+                Name::from_ascii(format!("{zone}.")).map_err(|e| format!("zone {zone}: {e}"))?;
             let mut handler = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
                 origin.clone(),
                 ZoneType::Primary,
@@ -93,11 +99,21 @@ impl FaultyCatalog {
             let admin = Name::from_ascii("hostmaster.lab.").map_err(|e| e.to_string())?;
             let soa = SOA::new(ns_name.clone(), admin, 1, 3600, 600, 86400, 60);
             let serial = 1;
-            handler.upsert_mut(Record::from_rdata(origin.clone(), 300, RData::SOA(soa)), serial);
-            handler.upsert_mut(Record::from_rdata(origin.clone(), 300, RData::NS(NS(ns_name))), serial);
+            handler.upsert_mut(
+                Record::from_rdata(origin.clone(), 300, RData::SOA(soa)),
+                serial,
+            );
+            handler.upsert_mut(
+                Record::from_rdata(origin.clone(), 300, RData::NS(NS(ns_name))),
+                serial,
+            );
             for record in records {
                 if !handler.upsert_mut(record.clone(), serial) {
-                    return Err(format!("cannot add {} {} to zone {zone}", record.name, record.record_type()));
+                    return Err(format!(
+                        "cannot add {} {} to zone {zone}",
+                        record.name,
+                        record.record_type()
+                    ));
                 }
             }
             let handlers: Vec<Arc<dyn ZoneHandler>> = vec![Arc::new(handler)];
@@ -128,10 +144,19 @@ impl RequestHandler for FaultyCatalog {
         mut response_handle: R,
     ) -> ResponseInfo {
         let code = match self.fault_for(request) {
-            None => return self.catalog.handle_request::<R, T>(request, response_handle).await,
+            None => {
+                return self
+                    .catalog
+                    .handle_request::<R, T>(request, response_handle)
+                    .await;
+            }
             Some(FaultKind::Timeout) => {
                 // Say nothing; the client's timer is the point of the exercise.
-                let mut metadata = Metadata::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+                let mut metadata = Metadata::new(
+                    request.metadata.id,
+                    MessageType::Response,
+                    request.metadata.op_code,
+                );
                 metadata.response_code = ResponseCode::ServFail;
                 return ResponseInfo::from(Header {
                     metadata,
@@ -141,12 +166,17 @@ impl RequestHandler for FaultyCatalog {
             Some(FaultKind::ServFail) => ResponseCode::ServFail,
             Some(FaultKind::Refused) => ResponseCode::Refused,
         };
-        let response = MessageResponseBuilder::new(&request.queries, None).error_msg(&request.metadata, code);
+        let response =
+            MessageResponseBuilder::new(&request.queries, None).error_msg(&request.metadata, code);
         match response_handle.send_response(response).await {
             Ok(info) => info,
             Err(e) => {
                 tracing::warn!(cause = %e, "lab DNS could not send a fault response");
-                let mut metadata = Metadata::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+                let mut metadata = Metadata::new(
+                    request.metadata.id,
+                    MessageType::Response,
+                    request.metadata.op_code,
+                );
                 metadata.response_code = code;
                 ResponseInfo::from(Header {
                     metadata,

@@ -111,7 +111,10 @@ impl ZoneSet {
             };
             let (name, rtype) = match (owner_ip, rtype_upper.as_str()) {
                 (Some(ip), "PTR") => (mxguard_dns::net::reverse_name(ip), Some(RecordType::PTR)),
-                (Some(ip), "ASN") => (mxguard_dns::net::cymru_origin_name(ip), Some(RecordType::TXT)),
+                (Some(ip), "ASN") => (
+                    mxguard_dns::net::cymru_origin_name(ip),
+                    Some(RecordType::TXT),
+                ),
                 (_, "*") => (normalize(owner), None),
                 (_, t) => (normalize(owner), Some(parse_type(t)?)),
             };
@@ -125,11 +128,14 @@ impl ZoneSet {
                 RData::PTR(PTR(parse_name(value)?)),
             ),
             (Some(ip), "ASN") => (mxguard_dns::net::cymru_origin_name(ip), asn_txt(ip, value)?),
-            (Some(_), _) => return Err(format!("an address as owner needs PTR or ASN, got {rtype}")),
+            (Some(_), _) => {
+                return Err(format!("an address as owner needs PTR or ASN, got {rtype}"));
+            }
             (None, t) => (normalize(owner), parse_rdata(t, value)?),
         };
         let owner_name = parse_name(&name)?;
-        self.records.push(Record::from_rdata(owner_name, 300, rdata));
+        self.records
+            .push(Record::from_rdata(owner_name, 300, rdata));
         Ok(())
     }
 
@@ -219,11 +225,23 @@ fn parse_type(t: &str) -> Result<RecordType, String> {
 fn parse_rdata(rtype: &str, value: &str) -> Result<RData, String> {
     let bad = |what: &str| format!("bad {rtype} value {value:?}: {what}");
     Ok(match parse_type(rtype)? {
-        RecordType::A => RData::A(value.parse::<std::net::Ipv4Addr>().map_err(|e| bad(&e.to_string()))?.into()),
-        RecordType::AAAA => RData::AAAA(value.parse::<std::net::Ipv6Addr>().map_err(|e| bad(&e.to_string()))?.into()),
+        RecordType::A => RData::A(
+            value
+                .parse::<std::net::Ipv4Addr>()
+                .map_err(|e| bad(&e.to_string()))?
+                .into(),
+        ),
+        RecordType::AAAA => RData::AAAA(
+            value
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|e| bad(&e.to_string()))?
+                .into(),
+        ),
         RecordType::MX => {
             let (pref, exchange) = split_word(value);
-            let pref: u16 = pref.parse().map_err(|_| bad("preference must be 0-65535"))?;
+            let pref: u16 = pref
+                .parse()
+                .map_err(|_| bad("preference must be 0-65535"))?;
             if exchange.is_empty() || exchange.contains(char::is_whitespace) {
                 return Err(bad("expected `PREFERENCE EXCHANGE`"));
             }
@@ -299,9 +317,15 @@ mod tests {
         assert_eq!(set.records.len(), 7);
         assert_eq!(set.records[2].name.to_ascii(), "mx1.example.lab.");
         assert_eq!(set.records[3].name.to_ascii(), "1.1.0.127.in-addr.arpa.");
-        assert_eq!(set.records[4].name.to_ascii(), "1.1.0.127.origin.asn.cymru.com.");
+        assert_eq!(
+            set.records[4].name.to_ascii(),
+            "1.1.0.127.origin.asn.cymru.com."
+        );
         match &set.records[4].data {
-            RData::TXT(t) => assert_eq!(&*t.txt_data[0], b"64500 64501 | 127.0.1.0/24 | ZZ | lab | 2026-01-01"),
+            RData::TXT(t) => assert_eq!(
+                &*t.txt_data[0],
+                b"64500 64501 | 127.0.1.0/24 | ZZ | lab | 2026-01-01"
+            ),
             other => panic!("{other:?}"),
         }
         match &set.records[5].data {
@@ -317,7 +341,10 @@ mod tests {
         assert_eq!(set.faults[1].name, "2.1.0.127.in-addr.arpa");
         assert_eq!(set.zone_of("x.sub.example.lab"), "sub.example.lab");
         assert_eq!(set.zone_of("mx1.example.lab"), "example.lab");
-        assert_eq!(set.zone_of("1.1.0.127.origin.asn.cymru.com"), "asn.cymru.com");
+        assert_eq!(
+            set.zone_of("1.1.0.127.origin.asn.cymru.com"),
+            "asn.cymru.com"
+        );
         assert!(set.all_zones().contains(&"example.lab".to_string()));
     }
 

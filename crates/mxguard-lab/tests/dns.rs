@@ -10,8 +10,14 @@ use mxguard_lab::{LabDns, ZoneSet};
 
 async fn lab(text: &str) -> (LabDns, HickoryResolver) {
     let zones = ZoneSet::parse(text).expect("zone text");
-    let dns = LabDns::start("127.0.0.1".parse().unwrap(), &zones).await.expect("start lab dns");
-    let resolver = HickoryResolver::new(&ResolverSpec::Server(dns.addr()), Duration::from_millis(500)).unwrap();
+    let dns = LabDns::start("127.0.0.1".parse().unwrap(), &zones)
+        .await
+        .expect("start lab dns");
+    let resolver = HickoryResolver::new(
+        &ResolverSpec::Server(dns.addr()),
+        Duration::from_millis(500),
+    )
+    .unwrap();
     (dns, resolver)
 }
 
@@ -26,11 +32,27 @@ async fn answers_mx_a_ptr_txt() {
     .await;
     let mut mx = r.mx("example.lab").await.unwrap().records;
     mx.sort_by_key(|m| m.preference);
-    assert_eq!(mx, vec![MxRecord::new(10, "a.example.lab"), MxRecord::new(20, "b.example.lab")]);
-    assert_eq!(r.a("A.Example.Lab").await.unwrap().records, vec!["127.0.1.1".parse::<std::net::Ipv4Addr>().unwrap()]);
+    assert_eq!(
+        mx,
+        vec![
+            MxRecord::new(10, "a.example.lab"),
+            MxRecord::new(20, "b.example.lab")
+        ]
+    );
+    assert_eq!(
+        r.a("A.Example.Lab").await.unwrap().records,
+        vec!["127.0.1.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
     assert_eq!(r.aaaa("a.example.lab").await.unwrap().records.len(), 1);
-    assert_eq!(r.ptr("127.0.1.1".parse().unwrap()).await.unwrap().records, vec!["a.example.lab"]);
-    let txt = r.txt("1.1.0.127.origin.asn.cymru.com").await.unwrap().records;
+    assert_eq!(
+        r.ptr("127.0.1.1".parse().unwrap()).await.unwrap().records,
+        vec!["a.example.lab"]
+    );
+    let txt = r
+        .txt("1.1.0.127.origin.asn.cymru.com")
+        .await
+        .unwrap()
+        .records;
     assert_eq!(txt, vec!["64500 | 127.0.1.0/24 | ZZ | lab | 2026-01-01"]);
 }
 
@@ -83,7 +105,11 @@ async fn truncated_udp_answer_retried_over_tcp() {
     // Enough MX records that the answer exceeds any UDP payload size.
     let mut text = String::new();
     for i in 0..120 {
-        writeln!(text, "big.example.lab MX {i} mail-host-number-{i:03}.some-long-provider-name.example.lab").unwrap();
+        writeln!(
+            text,
+            "big.example.lab MX {i} mail-host-number-{i:03}.some-long-provider-name.example.lab"
+        )
+        .unwrap();
     }
     let (_dns, r) = lab(&text).await;
     let mx = r.mx("big.example.lab").await.unwrap();
@@ -92,7 +118,11 @@ async fn truncated_udp_answer_retried_over_tcp() {
 
 #[tokio::test]
 async fn nothing_listening_is_a_resolver_failure() {
-    let r = HickoryResolver::new(&ResolverSpec::Server("127.0.0.1:1".parse().unwrap()), Duration::from_millis(300)).unwrap();
+    let r = HickoryResolver::new(
+        &ResolverSpec::Server("127.0.0.1:1".parse().unwrap()),
+        Duration::from_millis(300),
+    )
+    .unwrap();
     let started = Instant::now();
     let err = r.mx("example.com").await.unwrap_err();
     assert!(err.is_resolver_failure(), "{err:?}");
