@@ -1,0 +1,13 @@
+//! SMTP for mxguard.
+//!
+//! - [`reply`]: sans-I/O parsing of server replies (RFC 5321 §4.2) and EHLO
+//!   capabilities, fed bytes, returning `NeedsMoreData` until a reply is whole.
+//! - [`transcript`]: what was said on the wire, kept as evidence for reports.
+//!
+//! The client that drives these over tokio and rustls builds on them.
+
+pub mod reply;
+pub mod transcript;
+
+pub use reply::{Capabilities, Reply, ReplyError, parse_reply};
+pub use transcript::{Direction, Transcript};
