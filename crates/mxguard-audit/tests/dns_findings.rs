@@ -201,10 +201,7 @@ async fn mx_private_address_unless_allowed() {
 
 #[tokio::test]
 async fn private_backup_makes_it_a_liability() {
-    let lab = lab(&format!(
-        "pb.lab MX 10 mx.pb.lab\npb.lab MX 20 mx2.pb.lab\nmx.pb.lab A 198.51.100.25\nmx2.pb.lab A 127.0.0.1\n"
-    ))
-    .await;
+    let lab = lab("pb.lab MX 10 mx.pb.lab\npb.lab MX 20 mx2.pb.lab\nmx.pb.lab A 198.51.100.25\nmx2.pb.lab A 127.0.0.1\n").await;
     let r = lab.check_with("pb.lab", false).await;
     assert!(ids(&r).contains("mx-private-address"));
     assert_eq!(r.verdict.backup_mx, BackupVerdict::Liability);
