@@ -108,11 +108,25 @@ fn route_findings(facts: &DomainFacts, out: &mut Vec<Finding>) {
 }
 
 fn lookup_failed(e: &LookupFailure, host: Option<&str>, ip: Option<IpAddr>) -> Finding {
+    // The origin-AS lookup asks a third party (Team Cymru): its failure says
+    // nothing about the domain's own DNS and must not fail the audit.
+    let third_party = e.query.contains(".asn.cymru.com");
+    let (severity, consequence) = if third_party {
+        (
+            Severity::Info,
+            "the origin AS of this address is unknown, so network sharing by AS was not judged",
+        )
+    } else {
+        (
+            Severity::Warning,
+            "the results that depend on it are unknown, not absent",
+        )
+    };
     let mut f = Finding::new(
         Id::DnsLookupFailed,
-        Severity::Warning,
+        severity,
         format!(
-            "the lookup {} got no answer ({}); the results that depend on it are unknown, not absent",
+            "the lookup {} got no answer ({}); {consequence}",
             e.query, e.error
         ),
         format!("{} → {}", e.query, e.error),

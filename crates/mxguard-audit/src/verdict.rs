@@ -173,8 +173,12 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
         .iter()
         .copied()
         .filter(|b| {
+            // Sharing only the AS (info) is a different network: still
+            // independent enough to count.
             !findings.iter().any(|f| {
-                matches!(f.id, Id::BackupSharesAddress | Id::BackupSharesNetwork) && on_host(f, b)
+                matches!(f.id, Id::BackupSharesAddress | Id::BackupSharesNetwork)
+                    && f.severity >= Severity::Warning
+                    && on_host(f, b)
             })
         })
         .collect();

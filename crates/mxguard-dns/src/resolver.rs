@@ -90,6 +90,7 @@ pub enum LookupError {
     Timeout,
     /// The server answered SERVFAIL.
     #[error("SERVFAIL")]
+    #[serde(rename = "servfail")]
     ServFail,
     /// The server answered REFUSED.
     #[error("REFUSED")]

@@ -103,10 +103,6 @@ where
             Err(err) => {
                 failed = true;
                 eprintln!("error: {err}");
-                if err.is_resolver_unreachable() {
-                    // Nothing else will get an answer either: stop here.
-                    return Ok(Exit::Error);
-                }
                 match format {
                     Format::Text => {}
                     Format::Jsonl => {
@@ -114,6 +110,10 @@ where
                     }
                     Format::Json => collected
                         .push(serde_json::to_value(error_record(domain, err)).map_err(json_err)?),
+                }
+                if err.is_resolver_unreachable() {
+                    // Nothing else will get an answer either: stop asking.
+                    break;
                 }
             }
         }
