@@ -6,9 +6,16 @@
 
 pub mod demo;
 pub mod dns;
+pub mod smtp;
+pub mod tls;
 pub mod zones;
 
 pub use dns::LabDns;
+pub use smtp::{
+    Behaviour, DataAnswer, Exchange, HostScript, LabSmtp, LabSmtpSet, Pattern, ReceivedMessage,
+    Reply, StartTls,
+};
+pub use tls::{LabCa, LabCert, TlsError, Validity};
 pub use zones::{FaultKind, ZoneError, ZoneSet};
 
 /// Aborts a spawned server task when the handle that owns it is dropped.
