@@ -4,8 +4,9 @@
 //!   capabilities, fed bytes, returning `NeedsMoreData` until a reply is whole.
 //! - [`transcript`]: what was said on the wire, kept as evidence for reports.
 //!
-//! The client that drives these over tokio and rustls builds on them.
+//! - [`client`]: a tokio client that drives them, with bounded waits.
 
+pub mod client;
 pub mod reply;
 pub mod transcript;
 
