@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod reply;
+pub mod tls;
 pub mod transcript;
 
 pub use reply::{Capabilities, Reply, ReplyError, parse_reply};

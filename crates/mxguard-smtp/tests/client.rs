@@ -10,6 +10,7 @@ fn cfg() -> ClientConfig {
         helo: "probe.mxguard.test".into(),
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_millis(400),
+        roots: std::sync::Arc::new(rustls::RootCertStore::empty()),
     }
 }
 
@@ -86,4 +87,128 @@ async fn silent_refusing_and_busy_hosts() {
     let busy = host(HostScript::new("busy.lab").behaviour(Behaviour::Busy)).await;
     let (_, banner) = Connection::connect(busy.addr(), cfg()).await.unwrap();
     assert_eq!(banner.code, 421);
+}
+
+mod starttls {
+    use std::sync::Arc;
+
+    use super::*;
+    use mxguard_lab::smtp::StartTls;
+    use mxguard_lab::tls::{LabCa, LabCert, Validity};
+
+    async fn tls_host(ip: &str, mode: StartTls) -> LabSmtp {
+        LabSmtp::start(
+            ip.parse().unwrap(),
+            0,
+            HostScript::new("mx.tls.lab").starttls(mode),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn trusting(ca: &LabCa) -> ClientConfig {
+        ClientConfig {
+            roots: Arc::new(ca.root_store().unwrap()),
+            ..cfg()
+        }
+    }
+
+    /// Offered, handshake, trust: three facts, each observed on its own.
+    #[tokio::test]
+    async fn three_facts_kept_apart() {
+        let ca = LabCa::new().unwrap();
+        let cases = [
+            (
+                "127.0.71.1",
+                StartTls::Handshake(ca.issue(&["mx.tls.lab"]).unwrap()),
+                true,
+                None,
+            ),
+            (
+                "127.0.71.2",
+                StartTls::Handshake(ca.issue_with(&["mx.tls.lab"], Validity::Expired).unwrap()),
+                true,
+                Some("Expired"),
+            ),
+            (
+                "127.0.71.3",
+                StartTls::Handshake(ca.issue(&["other.example"]).unwrap()),
+                true,
+                Some("not valid for the MX name"),
+            ),
+            (
+                "127.0.71.4",
+                StartTls::Handshake(
+                    LabCert::self_signed(&["mx.tls.lab"], Validity::Current).unwrap(),
+                ),
+                true,
+                Some("unknown issuer"),
+            ),
+        ];
+        for (ip, mode, handshake_ok, problem) in cases {
+            let lab = tls_host(ip, mode).await;
+            let (mut c, _) = Connection::connect(lab.addr(), trusting(&ca))
+                .await
+                .unwrap();
+            let (_, caps) = c.hello().await.unwrap();
+            assert!(caps.starttls, "{ip}: STARTTLS offered");
+            let out = c.starttls("mx.tls.lab").await.unwrap();
+            assert_eq!(out.reply.code, 220);
+            let session = out.handshake.clone().unwrap();
+            assert_eq!(session.is_ok(), handshake_ok, "{ip}: {session:?}");
+            let cert = out.certificate.clone().unwrap();
+            match problem {
+                None => assert!(cert.trusted, "{ip}: {cert:?}"),
+                Some(p) => {
+                    assert!(!cert.trusted, "{ip}");
+                    assert!(
+                        cert.problem.as_deref().unwrap_or("").contains(p),
+                        "{ip}: {cert:?}"
+                    );
+                }
+            }
+            // The conversation goes on inside TLS, with a fresh EHLO.
+            let (reply, caps) = c.hello().await.unwrap();
+            assert!(
+                reply.is_positive() && !caps.starttls,
+                "{ip}: no STARTTLS inside TLS"
+            );
+            assert!(c.command("MAIL FROM:<>").await.unwrap().is_positive());
+            c.quit().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_handshake_and_refusal() {
+        let ca = LabCa::new().unwrap();
+        let lab = tls_host("127.0.71.5", StartTls::GarbageAfterReady).await;
+        let (mut c, _) = Connection::connect(lab.addr(), trusting(&ca))
+            .await
+            .unwrap();
+        c.hello().await.unwrap();
+        let out = c.starttls("mx.tls.lab").await.unwrap();
+        assert!(matches!(out.handshake, Some(Err(_))), "{out:?}");
+        assert!(out.certificate.is_none(), "no certificate was ever seen");
+        assert!(matches!(
+            c.command("NOOP").await,
+            Err(SmtpError::Closed { .. })
+        ));
+
+        let lab = tls_host(
+            "127.0.71.6",
+            StartTls::Refuse((454, "4.7.0 TLS not available").into()),
+        )
+        .await;
+        let (mut c, _) = Connection::connect(lab.addr(), trusting(&ca))
+            .await
+            .unwrap();
+        c.hello().await.unwrap();
+        let out = c.starttls("mx.tls.lab").await.unwrap();
+        assert_eq!(out.reply.code, 454);
+        assert!(out.handshake.is_none());
+        assert!(
+            c.command("NOOP").await.unwrap().is_positive(),
+            "plain text goes on"
+        );
+    }
 }
