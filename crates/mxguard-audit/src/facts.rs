@@ -159,7 +159,6 @@ async fn host_facts<R: Resolver>(
         ip_literal: name_as_ip_literal(&hop.exchange).is_some(),
         addresses: Vec::new(),
         lookup_errors: Vec::new(),
-        ptr_checked: false,
     };
     let mut ips = Vec::new();
     if implicit {
@@ -172,7 +171,6 @@ async fn host_facts<R: Resolver>(
     }
     ips.dedup();
     host.addresses = join_all(ips.into_iter().map(|ip| address_facts(resolver, ip, opts))).await;
-    host.ptr_checked = host.addresses.iter().any(|a| a.ptr_checked);
     host
 }
 

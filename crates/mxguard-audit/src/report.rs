@@ -72,9 +72,6 @@ pub struct MxHost {
     /// Lookups about this host that got no answer (timeouts, SERVFAIL).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lookup_errors: Vec<LookupFailure>,
-    /// Some address of this host had its PTR looked up.
-    #[serde(skip)]
-    pub ptr_checked: bool,
 }
 
 /// One address of an MX host.
