@@ -187,6 +187,8 @@ async fn address_facts<R: Resolver>(resolver: &R, ip: IpAddr, opts: GatherOption
         fcrdns: None,
         lookup_errors: Vec::new(),
         ptr_checked: false,
+        smtp: None,
+        smtp_skipped: None,
     };
     // Reverse DNS and routing data of a private address say nothing useful
     // (and would leak the question to public servers) unless this is a lab.

@@ -62,6 +62,18 @@ finding_ids! {
     BackupSharesAddress => "backup-shares-address",
     BackupSharesNetwork => "backup-shares-network",
     DnsLookupFailed => "dns-lookup-failed",
+    MxUnreachable => "mx-unreachable",
+    StarttlsMissing => "starttls-missing",
+    StarttlsFailed => "starttls-failed",
+    TlsCertInvalid => "tls-cert-invalid",
+    NullSenderRejected => "null-sender-rejected",
+    PostmasterRejected => "postmaster-rejected",
+    BackscatterRisk => "backscatter-risk",
+    CatchAll => "catch-all",
+    OpenRelay => "open-relay",
+    TlsParity => "tls-parity",
+    SizeParity => "size-parity",
+    ProbeUntestable => "probe-untestable",
 }
 
 impl fmt::Display for FindingId {

@@ -9,6 +9,8 @@ pub mod checks;
 pub mod facts;
 pub mod findings;
 pub mod report;
+pub mod smtp;
+pub mod smtp_checks;
 pub mod verdict;
 
 use std::time::Instant;
@@ -20,16 +22,17 @@ pub use facts::{GatherError, GatherOptions};
 pub use findings::{Finding, FindingId, Severity};
 pub use report::{BackupVerdict, Report, RouteKind, SCHEMA_VERSION};
 
+pub use smtp::SmtpOptions;
+
 /// What a check does.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
-    /// Treat private and loopback addresses as expected (labs): look them up
-    /// and do not report them.
+    /// Treat private and loopback addresses as expected (labs): look them up,
+    /// probe them, and do not report them.
     pub allow_private: bool,
-    /// Probe each MX address over SMTP. Not built yet (the SMTP issue): the
-    /// report says `smtp_probed: false` and the verdict calls parity
-    /// unverified.
-    pub smtp: bool,
+    /// Probe each MX address over SMTP; `None` for DNS only (`--no-smtp`),
+    /// and then the verdict calls parity unverified.
+    pub smtp: Option<SmtpOptions>,
 }
 
 /// Audit one domain (given in any form `parse_domain` accepts).
@@ -39,7 +42,7 @@ pub async fn check_domain<R: Resolver>(
     opts: CheckOptions,
 ) -> Result<Report, GatherError> {
     let started = Instant::now();
-    let facts = facts::gather(
+    let mut facts = facts::gather(
         resolver,
         domain,
         GatherOptions {
@@ -47,13 +50,18 @@ pub async fn check_domain<R: Resolver>(
         },
     )
     .await?;
-    let findings = checks::dns_findings(
+    let smtp_probed = opts.smtp.is_some();
+    if let Some(smtp) = &opts.smtp {
+        smtp::probe_all(&mut facts, smtp, opts.allow_private).await;
+    }
+    let mut findings = checks::dns_findings(
         &facts,
         checks::CheckPolicy {
             allow_private: opts.allow_private,
         },
     );
-    let smtp_probed = false;
+    findings.extend(smtp_checks::smtp_findings(&facts.domain, &facts.hosts));
+    checks::sort(&mut findings);
     let verdict = verdict::verdict(&facts, &findings, smtp_probed);
     let route = match facts.route {
         Route::Mx { .. } => RouteKind::Mx,

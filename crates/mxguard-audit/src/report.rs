@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use mxguard_dns::LookupError;
 use mxguard_dns::plan::Role;
+use mxguard_smtp::probe::AddressProbe;
 use serde::Serialize;
 
 use crate::findings::{Finding, Severity};
@@ -102,6 +103,13 @@ pub struct Address {
     /// skipped (private address) or failed.
     #[serde(skip)]
     pub ptr_checked: bool,
+    /// What the SMTP probe of this address found; absent when SMTP was not
+    /// probed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<Box<AddressProbe>>,
+    /// Why this address was not probed although SMTP was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_skipped: Option<String>,
 }
 
 /// A lookup that produced no answer.

@@ -39,7 +39,7 @@ impl Lab {
     async fn check_with(&self, domain: &str, allow_private: bool) -> Report {
         let opts = CheckOptions {
             allow_private,
-            smtp: false,
+            smtp: None,
         };
         check_domain(&self.resolver, domain, opts)
             .await

@@ -310,6 +310,9 @@ pub struct HostScript {
     starttls: StartTls,
     /// Cap on one message, applied even when SIZE advertises more.
     max_message_bytes: usize,
+    /// Wait this long before answering each command (a slow or distant
+    /// server; benchmarks use it to make probe time measurable).
+    reply_delay: std::time::Duration,
 }
 
 impl HostScript {
@@ -337,6 +340,7 @@ impl HostScript {
             behaviour: Behaviour::Normal,
             starttls: StartTls::Off,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            reply_delay: std::time::Duration::ZERO,
         }
     }
 
@@ -423,6 +427,13 @@ impl HostScript {
     /// What STARTTLS does (default [`StartTls::Off`]).
     pub fn starttls(mut self, starttls: StartTls) -> HostScript {
         self.starttls = starttls;
+        self
+    }
+
+    /// Wait `delay` before answering each command, like a slow or distant
+    /// server.
+    pub fn reply_delay(mut self, delay: std::time::Duration) -> HostScript {
+        self.reply_delay = delay;
         self
     }
 
@@ -1137,6 +1148,9 @@ where
             Line::Text(line) => line,
         };
         let command = String::from_utf8_lossy(trim_eol(&line)).into_owned();
+        if !shared.script.reply_delay.is_zero() {
+            tokio::time::sleep(shared.script.reply_delay).await;
+        }
         match session.handle(&command) {
             Action::Reply(answer) => respond(io, shared, session, &command, answer).await?,
             Action::Lines(lines) => {

@@ -32,6 +32,21 @@ pub struct ClientConfig {
     pub command_timeout: Duration,
     /// Roots that make a server certificate trusted.
     pub roots: Arc<RootCertStore>,
+    /// A hard end for the whole conversation: no wait runs past it, and a
+    /// wait it cuts short fails with [`SmtpError::Deadline`].
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+impl ClientConfig {
+    /// The end of a wait of `limit` starting now, cut at the deadline; and
+    /// whether the deadline is what ends it.
+    fn wait_until(&self, limit: Duration) -> (tokio::time::Instant, bool) {
+        let end = tokio::time::Instant::now() + limit;
+        match self.deadline {
+            Some(d) if d <= end => (d, true),
+            _ => (end, false),
+        }
+    }
 }
 
 /// The byte stream under the conversation: plain TCP, or TLS after STARTTLS.
@@ -65,6 +80,9 @@ pub enum SmtpError {
         waiting_for: String,
         after: Duration,
     },
+    /// The caller's overall deadline passed.
+    #[error("the overall deadline passed while waiting for {waiting_for}")]
+    Deadline { waiting_for: String },
     /// The server closed the connection.
     #[error("connection closed by the server while waiting for a reply to {waiting_for}")]
     Closed { waiting_for: String },
@@ -95,8 +113,13 @@ impl Connection {
     ) -> Result<(Connection, Reply), SmtpError> {
         let mut transcript = Transcript::new();
         transcript.push(Direction::Event, format!("connecting to {addr}"));
-        let stream = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await
-        {
+        let (until, by_deadline) = cfg.wait_until(cfg.connect_timeout);
+        let stream = match tokio::time::timeout_at(until, TcpStream::connect(addr)).await {
+            Err(_) if by_deadline => {
+                return Err(SmtpError::Deadline {
+                    waiting_for: "the connection".into(),
+                });
+            }
             Err(_) => return Err(SmtpError::ConnectTimeout(cfg.connect_timeout)),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 return Err(SmtpError::Refused);
@@ -128,9 +151,12 @@ impl Connection {
     /// Send one command line (without CRLF) and read its reply.
     pub async fn command(&mut self, line: &str) -> Result<Reply, SmtpError> {
         self.transcript.push(Direction::Client, line);
-        self.wire()?
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await?;
+        let wire = self.wire()?;
+        wire.write_all(format!("{line}\r\n").as_bytes()).await?;
+        // Over TLS the record may still sit in the session's buffer if the
+        // socket was not writable at that instant: without a flush the
+        // command can wait for the next write while we wait for its reply.
+        wire.flush().await?;
         let verb = line
             .split_whitespace()
             .next()
@@ -201,14 +227,11 @@ impl Connection {
             waiting_for: "STARTTLS".into(),
         })?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let handshake =
-            tokio::time::timeout(self.cfg.command_timeout, connector.connect(name, stream)).await;
+        let (until, _) = self.cfg.wait_until(self.cfg.command_timeout);
+        let handshake = tokio::time::timeout_at(until, connector.connect(name, stream)).await;
         let certificate = verifier.take_verdict();
         let handshake = match handshake {
-            Err(_) => Err(format!(
-                "handshake timed out after {:?}",
-                self.cfg.command_timeout
-            )),
+            Err(_) => Err("handshake timed out".to_owned()),
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(tls)) => {
                 let (_, session) = tls.get_ref();
@@ -248,7 +271,7 @@ impl Connection {
     }
 
     async fn read_reply(&mut self, waiting_for: &str) -> Result<Reply, SmtpError> {
-        let deadline = tokio::time::Instant::now() + self.cfg.command_timeout;
+        let (deadline, by_deadline) = self.cfg.wait_until(self.cfg.command_timeout);
         loop {
             match parse_reply(&self.buf) {
                 Ok((reply, used)) => {
@@ -275,6 +298,13 @@ impl Connection {
             let mut chunk = [0u8; 4096];
             let read = tokio::time::timeout_at(deadline, self.wire()?.read(&mut chunk)).await;
             match read {
+                Err(_) if by_deadline => {
+                    self.transcript
+                        .push(Direction::Event, "overall deadline reached; giving up");
+                    return Err(SmtpError::Deadline {
+                        waiting_for: waiting_for.to_owned(),
+                    });
+                }
                 Err(_) => {
                     self.transcript.push(
                         Direction::Event,

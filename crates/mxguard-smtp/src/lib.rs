@@ -5,8 +5,11 @@
 //! - [`transcript`]: what was said on the wire, kept as evidence for reports.
 //!
 //! - [`client`]: a tokio client that drives them, with bounded waits.
+//! - [`probe`]: the questions `check` asks each MX address, with tri-state
+//!   answers.
 
 pub mod client;
+pub mod probe;
 pub mod reply;
 pub mod tls;
 pub mod transcript;

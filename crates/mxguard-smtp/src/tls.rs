@@ -63,13 +63,32 @@ impl RecordingVerifier {
 }
 
 fn describe(err: &Error) -> String {
+    use rustls::CertificateError as C;
     match err {
-        Error::InvalidCertificate(e) => format!("{e:?}")
-            .replace("NotValidForName", "not valid for the MX name")
-            .replace(
-                "UnknownIssuer",
-                "unknown issuer (not signed by a trusted root)",
-            ),
+        Error::InvalidCertificate(C::UnknownIssuer) => {
+            "unknown issuer: the chain does not lead to a trusted root (self-signed, or an intermediate missing)".into()
+        }
+        Error::InvalidCertificate(C::NotValidForName) => {
+            "not valid for the MX name".into()
+        }
+        Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
+            format!("not valid for the MX name: {}", err_text(err))
+        }
+        Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            format!("expired: {}", err_text(err))
+        }
+        Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            format!("not valid yet: {}", err_text(err))
+        }
+        Error::InvalidCertificate(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// rustls's own words for a certificate error.
+fn err_text(err: &Error) -> String {
+    match err {
+        Error::InvalidCertificate(e) => e.to_string(),
         other => other.to_string(),
     }
 }

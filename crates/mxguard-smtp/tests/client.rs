@@ -11,6 +11,7 @@ fn cfg() -> ClientConfig {
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_millis(400),
         roots: std::sync::Arc::new(rustls::RootCertStore::empty()),
+        deadline: None,
     }
 }
 
@@ -128,7 +129,7 @@ mod starttls {
                 "127.0.71.2",
                 StartTls::Handshake(ca.issue_with(&["mx.tls.lab"], Validity::Expired).unwrap()),
                 true,
-                Some("Expired"),
+                Some("expired"),
             ),
             (
                 "127.0.71.3",

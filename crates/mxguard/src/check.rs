@@ -1,8 +1,12 @@
 //! `mxguard check`: audit domains and print reports.
 
 use futures_util::StreamExt;
-use mxguard_audit::{CheckOptions, GatherError, Report, Severity};
+use std::path::Path;
+use std::sync::Arc;
+
+use mxguard_audit::{CheckOptions, GatherError, Report, Severity, SmtpOptions};
 use mxguard_dns::HickoryResolver;
+use rustls::RootCertStore;
 use serde::Serialize;
 
 use crate::cli::{CheckConfig, Format};
@@ -47,20 +51,67 @@ pub fn resolver(cfg: &CheckConfig) -> Result<HickoryResolver, Failure> {
         .map_err(|e| Failure::Usage(format!("DNS resolver: {e}")))
 }
 
+/// The roots a server certificate must chain to: the PEM file given, or
+/// the system's trust store.
+pub fn trust_roots(ca_file: Option<&Path>) -> Result<RootCertStore, Failure> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| Failure::Usage(format!("--ca-file {}: {e}", path.display())))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(Failure::Usage(format!(
+                    "--ca-file {}: no usable CA certificate in it",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!("system trust store: {e}");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no system CA certificates found: every certificate will count as untrusted (use --ca-file)"
+                );
+            }
+        }
+    }
+    Ok(roots)
+}
+
 /// Run `check` and return the exit status the contract asks for.
 pub async fn run(cfg: CheckConfig) -> Result<Exit, Failure> {
     let resolver = resolver(&cfg)?;
+    let smtp = match &cfg.smtp {
+        None => None,
+        Some(s) => Some(SmtpOptions {
+            port: s.port,
+            helo: s.helo.clone(),
+            mail_from: s.mail_from.clone(),
+            timeout: cfg.timeout,
+            deadline: s.deadline,
+            roots: Arc::new(trust_roots(s.ca_file.as_deref())?),
+        }),
+    };
     let opts = CheckOptions {
         allow_private: cfg.allow_private,
-        smtp: cfg.smtp,
+        smtp,
     };
+    let opts = &opts;
     let results = futures_util::stream::iter(cfg.domains.iter())
         .map(|domain| {
             let resolver = &resolver;
             async move {
                 (
                     domain.as_str(),
-                    mxguard_audit::check_domain(resolver, domain, opts).await,
+                    mxguard_audit::check_domain(resolver, domain, opts.clone()).await,
                 )
             }
         })

@@ -56,10 +56,26 @@ pub struct CheckArgs {
     /// Check this many domains at once.
     #[arg(long, value_name = "N", default_value = "8")]
     pub jobs: usize,
-    /// Private and loopback MX addresses are expected (a lab): look them up
-    /// and do not report them.
+    /// Private and loopback MX addresses are expected (a lab): look them up,
+    /// probe them, and do not report them.
     #[arg(long)]
     pub allow_private: bool,
+    /// Probe this SMTP port instead of 25 (labs and tests).
+    #[arg(long, value_name = "PORT", default_value = "25")]
+    pub smtp_port: u16,
+    /// The name to give in EHLO (default: this machine's name if it is fully
+    /// qualified). Receivers may refuse a name that does not resolve.
+    #[arg(long, value_name = "NAME")]
+    pub helo: Option<String>,
+    /// Envelope sender of the relay probes (default: mxguard-probe@HELO).
+    #[arg(long, value_name = "ADDR")]
+    pub mail_from: Option<String>,
+    /// Trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds the SMTP probes of one domain may take in all.
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    pub deadline: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,10 +92,62 @@ pub struct CheckConfig {
     pub domains: Vec<String>,
     pub resolver: ResolverSpec,
     pub format: Format,
-    pub smtp: bool,
+    /// `None` with `--no-smtp`.
+    pub smtp: Option<SmtpConfig>,
     pub timeout: Duration,
     pub jobs: usize,
     pub allow_private: bool,
+}
+
+/// How `check` probes SMTP, validated.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub port: u16,
+    pub helo: String,
+    pub mail_from: String,
+    /// `None`: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    pub deadline: Duration,
+}
+
+/// The EHLO name when none is given: the machine's host name if it is
+/// fully qualified, else a name that says what we are.
+fn default_helo() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| h.contains('.') && mxguard_dns::net::parse_domain(h).is_ok())
+        .unwrap_or_else(|| "mxguard.invalid".to_owned())
+}
+
+/// A name for EHLO: a domain name or an address literal, nothing that could
+/// end the command line.
+fn check_helo(name: &str) -> anyhow::Result<String> {
+    if name.starts_with('[') && name.ends_with(']') {
+        let inner = &name[1..name.len() - 1];
+        let inner = inner.strip_prefix("IPv6:").unwrap_or(inner);
+        inner
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| anyhow::anyhow!("--helo {name:?} is not an address literal"))?;
+        return Ok(name.to_owned());
+    }
+    mxguard_dns::net::parse_domain(name).map_err(|e| anyhow::anyhow!("--helo {name:?}: {e}"))
+}
+
+/// An envelope sender: `local@domain`, printable, no brackets or spaces.
+fn check_mail_from(addr: &str) -> anyhow::Result<String> {
+    let bad = || anyhow::anyhow!("--mail-from {addr:?} is not an address like probe@example.com");
+    let (local, domain) = addr.rsplit_once('@').ok_or_else(bad)?;
+    if local.is_empty()
+        || local.len() > 64
+        || !local
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !"<>()[]\\,;:@\"".contains(c))
+    {
+        return Err(bad());
+    }
+    let domain = mxguard_dns::net::parse_domain(domain).map_err(|_| bad())?;
+    Ok(format!("{local}@{domain}"))
 }
 
 impl CheckArgs {
@@ -126,11 +194,42 @@ impl CheckArgs {
         if self.jobs == 0 || self.jobs > 1024 {
             bail!("--jobs must be between 1 and 1024, got {}", self.jobs);
         }
+        if !(self.deadline.is_finite() && self.deadline > 0.0 && self.deadline <= 86400.0) {
+            bail!(
+                "--deadline must be between 0 and 86400 seconds, got {}",
+                self.deadline
+            );
+        }
+        if self.smtp_port == 0 {
+            bail!("--smtp-port must be between 1 and 65535");
+        }
+        let helo = match &self.helo {
+            Some(h) => check_helo(h)?,
+            None => default_helo(),
+        };
+        let mail_from = match &self.mail_from {
+            Some(m) => check_mail_from(m)?,
+            // An address literal makes a poor sender domain.
+            None if helo.starts_with('[') => "mxguard-probe@mxguard.invalid".to_owned(),
+            None => format!("mxguard-probe@{helo}"),
+        };
+        if let Some(ca) = &self.ca_file
+            && !ca.is_file()
+        {
+            bail!("--ca-file {}: no such file", ca.display());
+        }
+        let smtp = (!self.no_smtp).then(|| SmtpConfig {
+            port: self.smtp_port,
+            helo,
+            mail_from,
+            ca_file: self.ca_file.clone(),
+            deadline: Duration::from_secs_f64(self.deadline),
+        });
         Ok(CheckConfig {
             domains,
             resolver,
             format: self.format,
-            smtp: !self.no_smtp,
+            smtp,
             timeout: Duration::from_secs_f64(self.timeout),
             jobs: self.jobs,
             allow_private: self.allow_private,

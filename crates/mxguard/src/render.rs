@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use anstyle::{AnsiColor, Style};
 use mxguard_audit::report::{Address, MxHost};
 use mxguard_audit::{BackupVerdict, Report, Severity};
+use mxguard_smtp::probe::{Check, Status};
 
 const BOLD: Style = Style::new().bold();
 const DIM: Style = Style::new().dimmed();
@@ -53,14 +54,9 @@ fn pad(text: &str, width: usize) -> String {
     format!("{text}{}", " ".repeat(width.saturating_sub(n)))
 }
 
-struct Row {
-    pref: String,
-    host: String,
-    role: String,
-    addr: String,
-    asn: String,
-    ptr: String,
-}
+/// One line of the host table: pref, host, role, address, ASN, reverse
+/// DNS, then (when SMTP was probed) TLS, recipient validation and relay.
+type Row = Vec<String>;
 
 fn ptr_cell(a: &Address) -> String {
     match (&a.ptr, a.fcrdns) {
@@ -77,18 +73,73 @@ fn ptr_cell(a: &Address) -> String {
     }
 }
 
-fn rows(host: &MxHost) -> Vec<Row> {
+fn untestable(c: &Check) -> String {
+    format!("? {}", c.reason.map_or("untestable", |r| r.as_str()))
+}
+
+/// TLS, recipient validation and relay cells for one address.
+fn smtp_cells(a: &Address) -> [String; 3] {
+    let Some(p) = a.smtp.as_deref() else {
+        let why = if a.smtp_skipped.is_some() {
+            "not probed"
+        } else {
+            "-"
+        };
+        return [why.into(), "-".into(), "-".into()];
+    };
+    if !p.reachable {
+        let why = p
+            .error
+            .as_ref()
+            .map_or("unreachable", |e| e.reason.as_str());
+        return [format!("unreachable ({why})"), "-".into(), "-".into()];
+    }
+    let tls = match &p.tls {
+        _ if p.greeting.is_none() => "?".to_owned(),
+        None => "none".into(),
+        Some(t) if !t.handshake => "failed".into(),
+        Some(t) => {
+            let version = t
+                .version
+                .as_deref()
+                .map_or("TLS".to_owned(), |v| v.replace("TLSv1_", "TLS 1."));
+            if t.certificate.as_ref().is_some_and(|c| c.trusted) {
+                format!("{version} ✓")
+            } else {
+                format!("{version} ✗ cert")
+            }
+        }
+    };
+    let rcpt = match p.unknown_recipient.status {
+        Status::Pass => "rejects unknown".to_owned(),
+        Status::Fail => "ACCEPTS ANY".into(),
+        Status::Untestable => untestable(&p.unknown_recipient),
+    };
+    let relay = match p.relay_status() {
+        Status::Pass => "refused".to_owned(),
+        Status::Fail => "OPEN".into(),
+        Status::Untestable => p
+            .relay
+            .iter()
+            .find(|r| r.check.status == Status::Untestable)
+            .map_or("? untestable".into(), |r| untestable(&r.check)),
+    };
+    [tls, rcpt, relay]
+}
+
+fn rows(host: &MxHost, smtp: bool) -> Vec<Row> {
     let mut role = host.role.as_str().to_owned();
     if !host.cname_chain.is_empty() {
         role.push_str(" (alias)");
     }
-    let base = |addr: String, asn: String, ptr: String| Row {
-        pref: host.preference.to_string(),
-        host: host.exchange.clone(),
-        role: role.clone(),
-        addr,
-        asn,
-        ptr,
+    let base = |rest: Vec<String>| -> Row {
+        let mut row = vec![
+            host.preference.to_string(),
+            host.exchange.clone(),
+            role.clone(),
+        ];
+        row.extend(rest);
+        row
     };
     if host.addresses.is_empty() {
         let why = if host.ip_literal {
@@ -98,21 +149,29 @@ fn rows(host: &MxHost) -> Vec<Row> {
         } else {
             "(lookup failed)"
         };
-        return vec![base(why.into(), "-".into(), "-".into())];
+        let mut rest = vec![why.to_owned(), "-".into(), "-".into()];
+        if smtp {
+            rest.extend(["-".into(), "-".into(), "-".into()]);
+        }
+        return vec![base(rest)];
     }
     host.addresses
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let mut r = base(
+            let mut rest = vec![
                 a.ip.to_string(),
                 a.asn.map_or_else(|| "-".into(), |n| format!("AS{n}")),
                 ptr_cell(a),
-            );
+            ];
+            if smtp {
+                rest.extend(smtp_cells(a));
+            }
+            let mut r = base(rest);
             if i > 0 {
-                r.pref.clear();
-                r.host.clear();
-                r.role.clear();
+                for cell in &mut r[..3] {
+                    cell.clear();
+                }
             }
             r
         })
@@ -136,7 +195,8 @@ pub fn report(r: &Report) -> String {
         paint(verdict_style(v), verdict_label(v))
     );
 
-    let rows: Vec<Row> = r.mx.iter().flat_map(rows).collect();
+    let smtp = r.smtp_probed;
+    let rows: Vec<Row> = r.mx.iter().flat_map(|h| rows(h, smtp)).collect();
     if rows.is_empty() {
         let _ = writeln!(
             out,
@@ -144,42 +204,35 @@ pub fn report(r: &Report) -> String {
             paint(DIM, "no host receives mail for this domain")
         );
     } else {
-        let head = Row {
-            pref: "pref".into(),
-            host: "host".into(),
-            role: "role".into(),
-            addr: "address".into(),
-            asn: "ASN".into(),
-            ptr: "reverse DNS".into(),
-        };
-        let w = |f: fn(&Row) -> &String| {
-            rows.iter()
-                .chain([&head])
-                .map(|r| f(r).chars().count())
-                .max()
-                .unwrap_or(0)
-        };
-        let widths = [
-            w(|r| &r.pref),
-            w(|r| &r.host),
-            w(|r| &r.role),
-            w(|r| &r.addr),
-            w(|r| &r.asn),
-        ];
+        let mut head: Row = ["pref", "host", "role", "address", "ASN", "reverse DNS"]
+            .map(String::from)
+            .to_vec();
+        if smtp {
+            head.extend(["TLS", "recipients", "relay"].map(String::from));
+        }
+        let widths: Vec<usize> = (0..head.len())
+            .map(|i| {
+                rows.iter()
+                    .chain([&head])
+                    .map(|r| r[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
         let line = |r: &Row| {
-            format!(
-                "  {}  {}  {}  {}  {}  {}",
-                pad(&r.pref, widths[0]),
-                pad(&r.host, widths[1]),
-                pad(&r.role, widths[2]),
-                pad(&r.addr, widths[3]),
-                pad(&r.asn, widths[4]),
-                r.ptr
-            )
+            let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| pad(c, *w)).collect();
+            format!("  {}", cells.join("  "))
         };
         let _ = writeln!(out, "{}", paint(DIM, line(&head).trim_end()));
         for row in &rows {
-            let _ = writeln!(out, "{}", line(row).trim_end());
+            let text = line(row);
+            let text = text.trim_end();
+            let bad = row.iter().any(|c| c == "ACCEPTS ANY" || c == "OPEN");
+            if bad {
+                let _ = writeln!(out, "{}", paint(RED, text));
+            } else {
+                let _ = writeln!(out, "{text}");
+            }
         }
     }
 

@@ -173,6 +173,12 @@ async fn bad_input_exits_2_before_any_lookup() {
         &["check", "--timeout", "0", "example.com"],
         &["check", "--jobs", "0", "example.com"],
         &["check", "--format", "xml", "example.com"],
+        &["check", "--helo", "bad name\r\nRCPT", "example.com"],
+        &["check", "--mail-from", "no-at-sign", "example.com"],
+        &["check", "--mail-from", "a<b@example.com", "example.com"],
+        &["check", "--ca-file", "/nonexistent/ca.pem", "example.com"],
+        &["check", "--smtp-port", "0", "example.com"],
+        &["check", "--deadline", "-1", "example.com"],
         &["frobnicate"],
     ] {
         let mut cmd = bin();
@@ -281,4 +287,113 @@ async fn broken_pipe_exits_0() {
     .unwrap();
     assert_eq!(status.0.code(), Some(0), "stderr: {}", status.1);
     assert!(!status.1.contains("panicked"), "{}", status.1);
+}
+
+/// The whole path over SMTP: the binary probes lab hosts, trusts the lab CA
+/// from `--ca-file`, prints the host table with TLS, recipient and relay
+/// columns, and exits 1 for a backscatter backup.
+#[tokio::test(flavor = "multi_thread")]
+async fn smtp_check_prints_the_table_and_judges_the_backup() {
+    use mxguard_lab::smtp::{HostScript, LabSmtpSet, Reply, StartTls};
+    use mxguard_lab::tls::LabCa;
+    let zone = "\
+bs.lab MX 10 mx.bs.lab
+bs.lab MX 20 mx2.far.lab
+mx.bs.lab A 127.0.62.1
+127.0.62.1 PTR mx.bs.lab
+127.0.62.1 ASN 64562
+mx2.far.lab A 127.0.63.1
+127.0.63.1 PTR mx2.far.lab
+127.0.63.1 ASN 64563
+";
+    let dns = lab(zone).await;
+    let ca = LabCa::new().unwrap();
+    let host = |name: &str, unknown: Reply| {
+        HostScript::new(name)
+            .starttls(StartTls::Handshake(ca.issue(&[name]).unwrap()))
+            .rcpt("postmaster@bs.lab", Reply::new(250, "2.1.5 ok"))
+            .rcpt("*@bs.lab", unknown)
+            .rcpt_default(Reply::new(554, "5.7.1 relay access denied"))
+    };
+    let smtp = LabSmtpSet::start([
+        (
+            "127.0.62.1".parse().unwrap(),
+            host("mx.bs.lab", Reply::new(550, "5.1.1 no such user")),
+        ),
+        (
+            "127.0.63.1".parse().unwrap(),
+            host("mx2.far.lab", Reply::new(250, "2.1.5 ok")),
+        ),
+    ])
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("mxguard-cli-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let mut cmd = bin();
+    cmd.args([
+        "check",
+        "--resolver",
+        &dns.addr().to_string(),
+        "--allow-private",
+        "--smtp-port",
+        &smtp.port().to_string(),
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        "--helo",
+        "cli.mxguard.test",
+        "bs.lab",
+    ]);
+    let o = run(cmd).await;
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(out.starts_with("bs.lab  backup MX: LIABILITY"), "{out}");
+    assert!(out.contains("TLS        recipients       relay"), "{out}");
+    assert!(out.contains("TLS 1.3 ✓  rejects unknown  refused"), "{out}");
+    assert!(out.contains("TLS 1.3 ✓  ACCEPTS ANY      refused"), "{out}");
+    assert!(
+        out.contains("critical backscatter-risk  mx2.far.lab 127.0.63.1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("publish only `bs.lab. IN MX 10 mx.bs.lab.`"),
+        "{out}"
+    );
+    // The EHLO name given is the one used.
+    for h in smtp.hosts() {
+        assert!(h.commands().iter().any(|c| c == "EHLO cli.mxguard.test"));
+        assert!(!h.saw("DATA"));
+    }
+
+    // Without the lab CA the certificates are untrusted: a warning each,
+    // but the verdict still turns on the backscatter.
+    let mut cmd = bin();
+    cmd.args([
+        "check",
+        "--resolver",
+        &dns.addr().to_string(),
+        "--allow-private",
+        "--smtp-port",
+        &smtp.port().to_string(),
+        "--ca-file",
+        "/etc/ssl/certs/ca-certificates.crt",
+        "--format",
+        "json",
+        "bs.lab",
+    ]);
+    if std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+        let o = run(cmd).await;
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let ids: Vec<&str> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap())
+            .collect();
+        assert!(ids.contains(&"tls-cert-invalid"), "{ids:?}");
+        assert!(ids.contains(&"backscatter-risk"), "{ids:?}");
+        assert_eq!(v["verdict"]["backup_mx"], "liability");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
