@@ -322,7 +322,7 @@ fn tls_words(a: &Probed<'_>) -> String {
             } else {
                 "an untrusted certificate"
             };
-            format!("{} with a {trust}", t.version.as_deref().unwrap_or("TLS"))
+            format!("{} with {trust}", t.version.as_deref().unwrap_or("TLS"))
         }
     }
 }

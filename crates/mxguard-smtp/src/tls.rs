@@ -74,12 +74,6 @@ fn describe(err: &Error) -> String {
         Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
             format!("not valid for the MX name: {}", err_text(err))
         }
-        Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-            format!("expired: {}", err_text(err))
-        }
-        Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
-            format!("not valid yet: {}", err_text(err))
-        }
         Error::InvalidCertificate(e) => e.to_string(),
         other => other.to_string(),
     }

@@ -129,7 +129,7 @@ mod starttls {
                 "127.0.71.2",
                 StartTls::Handshake(ca.issue_with(&["mx.tls.lab"], Validity::Expired).unwrap()),
                 true,
-                Some("expired"),
+                Some("certificate expired"),
             ),
             (
                 "127.0.71.3",

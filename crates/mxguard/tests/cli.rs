@@ -331,21 +331,28 @@ mx2.far.lab A 127.0.63.1
     std::fs::create_dir_all(&dir).unwrap();
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-    let mut cmd = bin();
-    cmd.args([
-        "check",
-        "--resolver",
-        &dns.addr().to_string(),
-        "--allow-private",
-        "--smtp-port",
-        &smtp.port().to_string(),
-        "--ca-file",
+    let (resolver, port) = (dns.addr().to_string(), smtp.port().to_string());
+    // `mxguard check` against the lab, trusting `ca`, then `rest`.
+    let check = |ca: &str, rest: &[&str]| {
+        let mut cmd = bin();
+        cmd.args([
+            "check",
+            "--resolver",
+            &resolver,
+            "--allow-private",
+            "--smtp-port",
+            &port,
+            "--ca-file",
+            ca,
+        ])
+        .args(rest);
+        cmd
+    };
+    let o = run(check(
         ca_file.to_str().unwrap(),
-        "--helo",
-        "cli.mxguard.test",
-        "bs.lab",
-    ]);
-    let o = run(cmd).await;
+        &["--helo", "cli.mxguard.test", "bs.lab"],
+    ))
+    .await;
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
     assert!(out.starts_with("bs.lab  backup MX: LIABILITY"), "{out}");
@@ -368,22 +375,9 @@ mx2.far.lab A 127.0.63.1
 
     // Without the lab CA the certificates are untrusted: a warning each,
     // but the verdict still turns on the backscatter.
-    let mut cmd = bin();
-    cmd.args([
-        "check",
-        "--resolver",
-        &dns.addr().to_string(),
-        "--allow-private",
-        "--smtp-port",
-        &smtp.port().to_string(),
-        "--ca-file",
-        "/etc/ssl/certs/ca-certificates.crt",
-        "--format",
-        "json",
-        "bs.lab",
-    ]);
-    if std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
-        let o = run(cmd).await;
+    let system_ca = "/etc/ssl/certs/ca-certificates.crt";
+    if std::path::Path::new(system_ca).exists() {
+        let o = run(check(system_ca, &["--format", "json", "bs.lab"])).await;
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
         let ids: Vec<&str> = v["findings"]
             .as_array()

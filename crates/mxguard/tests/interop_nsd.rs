@@ -10,14 +10,16 @@
 //! Without NSD installed the test prints a `SKIP` line and passes, unless
 //! `MXGUARD_INTEROP=1` is set (as `.ci/run` does): then it fails.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{Run, find_program, interop_required, run_mxguard_json, skip};
 use serde_json::Value;
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -94,23 +96,6 @@ fn zones() -> Vec<(&'static str, String)> {
         ("0.127.in-addr.arpa", reverse_zone()),
         ("asn.cymru.com", asn_zone()),
     ]
-}
-
-/// `MXGUARD_INTEROP=1` turns a missing NSD from a skip into a failure.
-fn interop_required() -> bool {
-    std::env::var("MXGUARD_INTEROP").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-/// A program in the usual sbin directories or on `PATH`.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = ["/usr/sbin", "/usr/local/sbin", "/sbin"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// A scratch directory: removed when the test passes, kept (and its path
@@ -369,66 +354,24 @@ fn start_nsd(nsd: &Path, checkconf: &Path, dir: &Scratch) -> Nsd {
     panic!("nsd could not bind a port on 127.0.0.1 in {PORT_ATTEMPTS} attempts");
 }
 
-/// What one `mxguard check` run produced.
-struct Run {
-    code: Option<i32>,
-    json: Value,
-    stderr: String,
-}
-
 /// Run `mxguard check` against the server, JSON out, with a deadline.
 fn mxguard_check(dir: &Scratch, tag: &str, resolver: SocketAddr, domains: &[&str]) -> Run {
-    let stdout_path = dir.file(&format!("mxguard-{tag}.json"));
-    let stderr_path = dir.file(&format!("mxguard-{tag}.stderr"));
-    let resolver = resolver.to_string();
-    let mut args = vec![
+    let args: Vec<String> = [
         "check",
         "--resolver",
-        &resolver,
+        &resolver.to_string(),
         "--allow-private",
         "--no-smtp",
         "--timeout",
         "4",
         "--format",
         "json",
-    ];
-    args.extend_from_slice(domains);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mxguard"))
-        .args(&args)
-        .env_remove("MXGUARD_LOG")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&stdout_path).expect("creating stdout file"))
-        .stderr(fs::File::create(&stderr_path).expect("creating stderr file"))
-        .spawn()
-        .expect("starting mxguard");
-    let deadline = Instant::now() + CHECK_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for mxguard") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "mxguard {} did not finish within {CHECK_DEADLINE:?}",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "mxguard {} printed no JSON ({e}); {status}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            args.join(" ")
-        )
-    });
-    Run {
-        code: status.code(),
-        json,
-        stderr,
-    }
+    ]
+    .iter()
+    .chain(domains)
+    .map(|s| s.to_string())
+    .collect();
+    run_mxguard_json(&args, &dir.path, tag, CHECK_DEADLINE)
 }
 
 fn findings<'a>(report: &'a Value, id: &str) -> Vec<&'a Value> {
@@ -580,12 +523,7 @@ fn audits_zones_served_by_nsd() {
                  and MXGUARD_INTEROP=1 requires them (apt-get install nsd)"
             );
         }
-        // Straight to the process's stderr: the test harness captures
-        // `eprintln!` of passing tests, and a skip must be seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP interop_nsd: nsd not installed (set MXGUARD_INTEROP=1 to require it)"
-        );
+        skip("interop_nsd", "nsd not installed");
         return;
     };
 

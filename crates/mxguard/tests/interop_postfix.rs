@@ -25,6 +25,8 @@
 //! prints a `SKIP` line and passes, unless `MXGUARD_INTEROP=1` is set (as
 //! `.ci/run` does): then it fails.
 
+mod common;
+
 use std::collections::hash_map::RandomState;
 use std::fs;
 use std::hash::{BuildHasher, Hasher};
@@ -34,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{Run, find_program, run_mxguard_json, skip_or_fail};
 use mxguard_lab::{LabCa, LabDns, ZoneSet};
 use serde_json::Value;
 
@@ -58,37 +61,6 @@ const MX2: &str = "mx2.interop.test";
 const USERS: [&str; 3] = ["postmaster", "alice", "bob"];
 /// The uid and gid that own the virtual mailboxes (`nobody`).
 const VMAIL_ID: u32 = 65534;
-
-/// `MXGUARD_INTEROP=1` turns a missing peer from a skip into a failure.
-fn interop_required() -> bool {
-    std::env::var("MXGUARD_INTEROP").is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-/// Skip (a visible line on the process's stderr) or, when the interop tests
-/// are required, fail.
-fn skip_or_fail(test: &str, why: &str) {
-    if interop_required() {
-        panic!("{test}: {why}, and MXGUARD_INTEROP=1 requires it");
-    }
-    // Straight to the process's stderr: the test harness captures
-    // `eprintln!` of passing tests, and a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP {test}: {why} (set MXGUARD_INTEROP=1 to require it)"
-    );
-}
-
-/// A program in the usual sbin directories or on `PATH`.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = ["/usr/sbin", "/usr/local/sbin", "/sbin"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
 
 /// Effective uid 0, from `/proc/self/status` (no libc in this crate).
 fn is_root() -> bool {
@@ -719,15 +691,6 @@ impl Fixture {
     }
 }
 
-/// What one `mxguard check` run produced.
-struct Run {
-    args: Vec<String>,
-    code: Option<i32>,
-    json: Value,
-    stdout: String,
-    stderr: String,
-}
-
 /// Does `mxguard check --help` list this option?
 fn check_has_option(option: &str) -> bool {
     let out = Command::new(env!("CARGO_BIN_EXE_mxguard"))
@@ -742,9 +705,7 @@ fn check_has_option(option: &str) -> bool {
 
 /// Run `mxguard check` against the fixture, JSON out, with a deadline.
 fn mxguard_check(fx: &Fixture, resolver: SocketAddr, domain: &str) -> Run {
-    let stdout_path = fx.dir.file(&format!("mxguard-{domain}.json"));
-    let stderr_path = fx.dir.file(&format!("mxguard-{domain}.stderr"));
-    let mut args: Vec<String> = [
+    let args: Vec<String> = [
         "check",
         "--resolver",
         &resolver.to_string(),
@@ -755,69 +716,20 @@ fn mxguard_check(fx: &Fixture, resolver: SocketAddr, domain: &str) -> Run {
         "json",
         "--timeout",
         "10",
+        // Trust the run's CA; otherwise the certificates are from an
+        // unknown issuer.
+        "--ca-file",
+        path_str(&fx.ca_file),
+        domain,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    // Trust the run's CA where mxguard can be told to (the lab's name for
-    // the option); otherwise the certificates are from an unknown issuer.
-    if check_has_option("--ca-file") {
-        args.push("--ca-file".into());
-        args.push(path_str(&fx.ca_file).into());
-    }
-    args.push(domain.into());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mxguard"))
-        .args(&args)
-        .env_remove("MXGUARD_LOG")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&stdout_path).expect("creating stdout file"))
-        .stderr(fs::File::create(&stderr_path).expect("creating stderr file"))
-        .spawn()
-        .expect("starting mxguard");
-    let deadline = Instant::now() + CHECK_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for mxguard") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "mxguard {} did not finish within {CHECK_DEADLINE:?}",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "mxguard {} printed no JSON ({e}); {status}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            args.join(" ")
-        )
-    });
-    Run {
-        args,
-        code: status.code(),
-        json,
-        stdout,
-        stderr,
-    }
+    run_mxguard_json(&args, &fx.dir.path, domain, CHECK_DEADLINE)
 }
 
+/// Reading the findings of a run's report.
 impl Run {
-    /// Everything needed to diagnose a failed assertion.
-    fn context(&self) -> String {
-        format!(
-            "mxguard {}\nexit code {:?}\nstdout:\n{}\nstderr:\n{}",
-            self.args.join(" "),
-            self.code,
-            self.stdout,
-            self.stderr
-        )
-    }
-
     fn findings(&self) -> Vec<&Value> {
         self.json["findings"]
             .as_array()

@@ -1,0 +1,118 @@
+// Each test crate that says `mod common;` uses a subset of these helpers.
+#![allow(dead_code)]
+
+//! Helpers shared by the integration tests: finding the programs an interop
+//! test needs, skipping or failing when they are missing, and running the
+//! `mxguard` binary for its JSON report with a deadline.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// `MXGUARD_INTEROP=1` turns a missing peer from a skip into a failure.
+pub fn interop_required() -> bool {
+    std::env::var("MXGUARD_INTEROP").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A visible `SKIP` line on the process's stderr.
+pub fn skip(test: &str, why: &str) {
+    // Straight to the process's stderr: the test harness captures
+    // `eprintln!` of passing tests, and a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP {test}: {why} (set MXGUARD_INTEROP=1 to require it)"
+    );
+}
+
+/// Skip or, when the interop tests are required, fail.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if interop_required() {
+        panic!("{test}: {why}, and MXGUARD_INTEROP=1 requires it");
+    }
+    skip(test, why);
+}
+
+/// A program in the usual sbin directories or on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = ["/usr/sbin", "/usr/local/sbin", "/sbin"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// What one run of the `mxguard` binary produced.
+pub struct Run {
+    pub args: Vec<String>,
+    pub code: Option<i32>,
+    pub json: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Everything needed to diagnose a failed assertion.
+    pub fn context(&self) -> String {
+        format!(
+            "mxguard {}\nexit code {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.args.join(" "),
+            self.code,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Run the `mxguard` binary with `args`, its stdout and stderr going to
+/// `mxguard-{tag}.json` and `mxguard-{tag}.stderr` in `dir`, and parse its
+/// stdout as JSON. Panics, with the command line and both outputs, when it
+/// does not finish within `deadline` or prints no JSON.
+pub fn run_mxguard_json(args: &[String], dir: &Path, tag: &str, deadline: Duration) -> Run {
+    let stdout_path = dir.join(format!("mxguard-{tag}.json"));
+    let stderr_path = dir.join(format!("mxguard-{tag}.stderr"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mxguard"))
+        .args(args)
+        .env_remove("MXGUARD_LOG")
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&stdout_path).expect("creating stdout file"))
+        .stderr(fs::File::create(&stderr_path).expect("creating stderr file"))
+        .spawn()
+        .expect("starting mxguard");
+    let give_up = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for mxguard") {
+            break status;
+        }
+        if Instant::now() > give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "mxguard {} did not finish within {deadline:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "mxguard {} printed no JSON ({e}); {status}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            args.join(" ")
+        )
+    });
+    Run {
+        args: args.to_vec(),
+        code: status.code(),
+        json,
+        stdout,
+        stderr,
+    }
+}
