@@ -1,0 +1,415 @@
+//! The relay's configuration: TOML, every key known (`deny_unknown_fields`),
+//! secure defaults, and validation that reports every problem it finds with
+//! the line it is on.
+//!
+//! The keys of DESIGN §4 are a contract; `etc/relay.example.toml` documents
+//! every key with its default. There is deliberately no key that makes the
+//! relay accept mail for a domain it is not configured for: without a
+//! `[[domains]]` entry it accepts nothing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The relay's own name: EHLO, banner, Received header.
+    pub hostname: Spanned<String>,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub callout: CalloutConfig,
+    /// The domains this relay backs up. None: no mail is accepted.
+    #[serde(default)]
+    pub domains: Vec<DomainConfig>,
+}
+
+/// The SMTP listener and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub listen: Vec<Spanned<String>>,
+    /// PEM certificate chain and key for STARTTLS; without them STARTTLS is
+    /// not offered.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Largest message accepted, in octets (advertised as SIZE).
+    pub max_message_size: u64,
+    /// Recipients per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
+    pub max_recipients: usize,
+    /// Simultaneous sessions in total, and per client address.
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: vec![Spanned::new(0..0, "0.0.0.0:25".to_owned())],
+            tls_cert: None,
+            tls_key: None,
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections: 200,
+            max_connections_per_client: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    pub path: PathBuf,
+}
+
+/// Queue commands and `/metrics`; loopback by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: Spanned<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Spanned::new(0..0, "127.0.0.1:8025".to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// `IP[:PORT]`; absent: the system resolver.
+    pub resolver: Option<Spanned<String>>,
+}
+
+/// How long callout answers are kept (Postfix's verify(8) defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalloutConfig {
+    #[serde(with = "human")]
+    pub positive_refresh: Duration,
+    #[serde(with = "human")]
+    pub positive_expiry: Duration,
+    #[serde(with = "human")]
+    pub negative_refresh: Duration,
+    #[serde(with = "human")]
+    pub negative_expiry: Duration,
+    /// The longest wait for the primary's answer to one callout.
+    #[serde(with = "human")]
+    pub timeout: Duration,
+}
+
+const DAY: u64 = 24 * 3600;
+
+impl Default for CalloutConfig {
+    fn default() -> Self {
+        CalloutConfig {
+            positive_refresh: Duration::from_secs(7 * DAY),
+            positive_expiry: Duration::from_secs(31 * DAY),
+            negative_refresh: Duration::from_secs(3 * 3600),
+            negative_expiry: Duration::from_secs(3 * DAY),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How recipients are validated for a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipientMode {
+    /// Ask the primary, live, and cache the answer.
+    Callout,
+    /// A file of valid recipients.
+    List,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    pub name: Spanned<String>,
+    /// `host[:port]`; absent: the domain's MX hosts more preferred than
+    /// this relay.
+    pub primary: Option<Spanned<String>>,
+    #[serde(default = "callout")]
+    pub recipients: Spanned<RecipientMode>,
+    pub recipient_list: Option<Spanned<PathBuf>>,
+}
+
+fn callout() -> Spanned<RecipientMode> {
+    Spanned::new(0..0, RecipientMode::Callout)
+}
+
+mod human {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. \"3h\" or \"7d\""
+            ))
+        })
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key concerned, as a path (`domains[1].recipient_list`).
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", render(.0))]
+pub struct ConfigError(pub Vec<Problem>);
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn line_of(text: &str, span: std::ops::Range<usize>) -> Option<usize> {
+    if span.start == 0 && span.end == 0 {
+        return None;
+    }
+    Some(text[..span.start.min(text.len())].matches('\n').count() + 1)
+}
+
+impl Config {
+    /// Read and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![Problem {
+                line: None,
+                key: path.display().to_string(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Config::parse(&text, path.parent())
+    }
+
+    /// Parse and validate `text`; relative list paths are taken from `base`.
+    pub fn parse(text: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().and_then(|s| line_of(text, s));
+            ConfigError(vec![Problem {
+                line,
+                key: "config".into(),
+                message: e.message().to_owned(),
+            }])
+        })?;
+        let problems = config.problems(text, base);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    fn problems(&self, text: &str, base: Option<&Path>) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut push = |span: std::ops::Range<usize>, key: String, message: String| {
+            out.push(Problem {
+                line: line_of(text, span),
+                key,
+                message,
+            });
+        };
+        if !is_host_name(self.hostname.get_ref()) {
+            push(
+                self.hostname.span(),
+                "hostname".into(),
+                format!(
+                    "{:?} is not a fully qualified host name",
+                    self.hostname.get_ref()
+                ),
+            );
+        }
+        if self.smtp.listen.is_empty() {
+            push(
+                0..0,
+                "smtp.listen".into(),
+                "at least one address is needed".into(),
+            );
+        }
+        for (i, l) in self.smtp.listen.iter().enumerate() {
+            if l.get_ref().parse::<SocketAddr>().is_err() {
+                push(
+                    l.span(),
+                    format!("smtp.listen[{i}]"),
+                    format!("{:?} is not an IP:PORT address", l.get_ref()),
+                );
+            }
+        }
+        if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
+            push(
+                0..0,
+                "smtp.tls_cert".into(),
+                "tls_cert and tls_key go together".into(),
+            );
+        }
+        if self.smtp.max_recipients < 100 {
+            push(
+                0..0,
+                "smtp.max_recipients".into(),
+                "RFC 5321 §4.5.3.1.8 requires accepting at least 100 recipients".into(),
+            );
+        }
+        if self.smtp.max_connections_per_client > self.smtp.max_connections {
+            push(
+                0..0,
+                "smtp.max_connections_per_client".into(),
+                "cannot exceed smtp.max_connections".into(),
+            );
+        }
+        match self.admin.listen.get_ref().parse::<SocketAddr>() {
+            Ok(a) if !a.ip().is_loopback() => push(
+                self.admin.listen.span(),
+                "admin.listen".into(),
+                format!(
+                    "{a} is not a loopback address; the admin listener must not face the network"
+                ),
+            ),
+            Ok(_) => {}
+            Err(_) => push(
+                self.admin.listen.span(),
+                "admin.listen".into(),
+                format!(
+                    "{:?} is not an IP:PORT address",
+                    self.admin.listen.get_ref()
+                ),
+            ),
+        }
+        if let Some(r) = &self.dns.resolver {
+            let t = r.get_ref();
+            if t.parse::<SocketAddr>().is_err() && t.parse::<std::net::IpAddr>().is_err() {
+                push(
+                    r.span(),
+                    "dns.resolver".into(),
+                    format!("{t:?} is not IP[:PORT]"),
+                );
+            }
+        }
+        let c = &self.callout;
+        if c.positive_refresh > c.positive_expiry || c.negative_refresh > c.negative_expiry {
+            push(
+                0..0,
+                "callout".into(),
+                "a refresh time must not exceed its expiry time".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in self.domains.iter().enumerate() {
+            let name = d.name.get_ref().trim_end_matches('.').to_ascii_lowercase();
+            if !is_host_name(&name) {
+                push(
+                    d.name.span(),
+                    format!("domains[{i}].name"),
+                    format!("{name:?} is not a domain name"),
+                );
+            } else if !seen.insert(name.clone()) {
+                push(
+                    d.name.span(),
+                    format!("domains[{i}].name"),
+                    format!("{name} is configured twice"),
+                );
+            }
+            if let Some(p) = &d.primary {
+                let t = p.get_ref();
+                let (host, port) = match t.rsplit_once(':') {
+                    Some((h, p)) if !h.contains(':') => (h, Some(p)),
+                    _ => (t.as_str(), None),
+                };
+                let host_ok = is_host_name(host)
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok();
+                let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+                if !host_ok || !port_ok {
+                    push(
+                        p.span(),
+                        format!("domains[{i}].primary"),
+                        format!("{t:?} is not host[:port]"),
+                    );
+                }
+            }
+            match (d.recipients.get_ref(), &d.recipient_list) {
+                (RecipientMode::List, None) => push(
+                    d.recipients.span(),
+                    format!("domains[{i}].recipient_list"),
+                    "recipients = \"list\" needs recipient_list = \"/path/to/file\"".into(),
+                ),
+                (RecipientMode::List, Some(list)) => {
+                    let path = resolve(base, list.get_ref());
+                    if !path.is_file() {
+                        push(
+                            list.span(),
+                            format!("domains[{i}].recipient_list"),
+                            format!("{} does not exist or is not a file", path.display()),
+                        );
+                    }
+                }
+                (RecipientMode::Callout, Some(list)) => push(
+                    list.span(),
+                    format!("domains[{i}].recipient_list"),
+                    "only used with recipients = \"list\"".into(),
+                ),
+                (RecipientMode::Callout, None) => {}
+            }
+        }
+        out.sort_by_key(|p| p.line.unwrap_or(0));
+        out
+    }
+}
+
+fn resolve(base: Option<&Path>, p: &Path) -> PathBuf {
+    match base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p.to_owned(),
+    }
+}
+
+/// A fully qualified host name in LDH form (A-labels).
+fn is_host_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    name.len() <= 253
+        && name.contains('.')
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
