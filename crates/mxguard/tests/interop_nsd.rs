@@ -17,9 +17,9 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{Run, find_program, interop_required, run_mxguard_json, skip};
+use common::{Run, Scratch, find_program, interop_required, run_mxguard_json, skip};
 use serde_json::Value;
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -96,44 +96,6 @@ fn zones() -> Vec<(&'static str, String)> {
         ("0.127.in-addr.arpa", reverse_zone()),
         ("asn.cymru.com", asn_zone()),
     ]
-}
-
-/// A scratch directory: removed when the test passes, kept (and its path
-/// printed) when it fails, so the logs and reports in it can be read.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!(
-            "mxguard-interop-nsd-{}-{nanos}",
-            std::process::id()
-        ));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        Scratch { path }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "interop_nsd: kept {} (nsd.conf, zones, nsd.log, mxguard output)",
-                self.path.display()
-            );
-        } else {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
 }
 
 /// A running `nsd -d`; stopped (TERM, then KILL) when dropped.
@@ -527,7 +489,11 @@ fn audits_zones_served_by_nsd() {
         return;
     };
 
-    let dir = Scratch::new();
+    let dir = Scratch::new(
+        "interop-nsd",
+        "interop_nsd",
+        "nsd.conf, zones, nsd.log, mxguard output",
+    );
     for (name, text) in zones() {
         let file = dir.file(&format!("{name}.zone"));
         fs::write(&file, text).expect("writing zone file");

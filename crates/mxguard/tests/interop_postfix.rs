@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Run, find_program, run_mxguard_json, skip_or_fail};
+use common::{Run, Scratch, find_program, run_mxguard_json, skip_or_fail};
 use mxguard_lab::{LabCa, LabDns, ZoneSet};
 use serde_json::Value;
 
@@ -140,41 +140,15 @@ fn must_pass(program: &Path, args: &[&str]) -> Output {
     out
 }
 
-/// A scratch directory: removed when the test passes, kept (and its path
-/// printed) when it fails, so the configurations and logs in it can be read.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let path = std::env::temp_dir().join(format!(
-            "mxguard-interop-postfix-{tag}-{}-{:x}",
-            std::process::id(),
-            random_u64()
-        ));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-        // Postfix's unprivileged processes must be able to walk in.
-        set_mode(&path, 0o755);
-        Scratch { path }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "interop_postfix: kept {} (Postfix configurations, maillogs, mxguard output)",
-                self.path.display()
-            );
-        } else {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
+/// A scratch directory that Postfix's unprivileged processes can walk into.
+fn scratch(tag: &str) -> Scratch {
+    let dir = Scratch::new(
+        &format!("interop-postfix-{tag}"),
+        "interop_postfix",
+        "Postfix configurations, maillogs, mxguard output",
+    );
+    set_mode(&dir.path, 0o755);
+    dir
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -620,7 +594,7 @@ struct Fixture {
 
 impl Fixture {
     fn start(tools: &Tools, tag: &str) -> Fixture {
-        let dir = Scratch::new(tag);
+        let dir = scratch(tag);
         let aliases = LoAliases::add(&tools.ip, 2);
         let (ip1, ip2) = (aliases.get(0), aliases.get(1));
         let ca = LabCa::new().expect("making a lab CA");

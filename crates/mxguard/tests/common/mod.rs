@@ -116,3 +116,45 @@ pub fn run_mxguard_json(args: &[String], dir: &Path, tag: &str, deadline: Durati
         stderr,
     }
 }
+
+/// A scratch directory: removed when the test passes, kept (and its path
+/// printed with what it holds) when it fails, so its logs can be read.
+pub struct Scratch {
+    pub path: PathBuf,
+    /// Printed when the directory is kept: `test: kept DIR (holds)`.
+    test: &'static str,
+    holds: &'static str,
+}
+
+impl Scratch {
+    /// A fresh directory `mxguard-<name>-<pid>-<nanos>` under the temp dir.
+    pub fn new(name: &str, test: &'static str, holds: &'static str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path =
+            std::env::temp_dir().join(format!("mxguard-{name}-{}-{nanos:x}", std::process::id()));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Scratch { path, test, holds }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{}: kept {} ({})",
+                self.test,
+                self.path.display(),
+                self.holds
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
