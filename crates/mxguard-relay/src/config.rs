@@ -32,6 +32,9 @@ pub struct Config {
     /// The domains this relay backs up. None: no mail is accepted.
     #[serde(default)]
     pub domains: Vec<DomainConfig>,
+    /// The directory relative paths are taken from (the file's own).
+    #[serde(skip)]
+    pub base: Option<PathBuf>,
 }
 
 /// The SMTP listener and its limits.
@@ -50,6 +53,19 @@ pub struct SmtpConfig {
     /// Simultaneous sessions in total, and per client address.
     pub max_connections: usize,
     pub max_connections_per_client: usize,
+    /// Longest line, CRLF included, in commands and in message text.
+    pub max_line_length: usize,
+    /// How long to wait for the client's next command (RFC 5321 §4.5.3.2.7:
+    /// at least 5 minutes).
+    #[serde(with = "human")]
+    pub command_timeout: Duration,
+    /// How long to wait for more message text during DATA (the client's
+    /// data block timeout, RFC 5321 §4.5.3.2.5, is 3 minutes).
+    #[serde(with = "human")]
+    pub data_timeout: Duration,
+    /// Errors (unknown commands, bad syntax, rejected recipients) after
+    /// which the session is closed.
+    pub max_errors: usize,
 }
 
 impl Default for SmtpConfig {
@@ -62,6 +78,10 @@ impl Default for SmtpConfig {
             max_recipients: 100,
             max_connections: 200,
             max_connections_per_client: 20,
+            max_line_length: 2048,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_errors: 20,
         }
     }
 }
@@ -230,6 +250,8 @@ impl Config {
         })?;
         let problems = config.problems(text, base);
         if problems.is_empty() {
+            let mut config = config;
+            config.base = base.map(Path::to_owned);
             Ok(config)
         } else {
             Err(ConfigError(problems))
@@ -284,6 +306,25 @@ impl Config {
                 "smtp.max_recipients".into(),
                 "RFC 5321 §4.5.3.1.8 requires accepting at least 100 recipients".into(),
             );
+        }
+        if self.smtp.max_line_length < 512 {
+            push(
+                0..0,
+                "smtp.max_line_length".into(),
+                "RFC 5321 §4.5.3.1 requires lines of at least 512 octets (1000 for text)".into(),
+            );
+        }
+        if self.smtp.command_timeout < Duration::from_secs(1)
+            || self.smtp.data_timeout < Duration::from_secs(1)
+        {
+            push(
+                0..0,
+                "smtp.command_timeout".into(),
+                "timeouts shorter than a second would cut off ordinary clients".into(),
+            );
+        }
+        if self.smtp.max_errors == 0 {
+            push(0..0, "smtp.max_errors".into(), "must be at least 1".into());
         }
         if self.smtp.max_connections_per_client > self.smtp.max_connections {
             push(
@@ -390,6 +431,36 @@ impl Config {
         }
         out.sort_by_key(|p| p.line.unwrap_or(0));
         out
+    }
+}
+
+impl Config {
+    /// The listen addresses (validated at load).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.smtp
+            .listen
+            .iter()
+            .filter_map(|l| l.get_ref().parse().ok())
+            .collect()
+    }
+
+    /// Where a domain's recipient list is, relative paths taken from the
+    /// config file's directory.
+    pub fn recipient_list_path(&self, domain: &DomainConfig) -> Option<PathBuf> {
+        domain
+            .recipient_list
+            .as_ref()
+            .map(|l| resolve(self.base.as_deref(), l.get_ref()))
+    }
+}
+
+impl DomainConfig {
+    /// The domain name, lower case, without a trailing dot.
+    pub fn domain(&self) -> String {
+        self.name
+            .get_ref()
+            .trim_end_matches('.')
+            .to_ascii_lowercase()
     }
 }
 

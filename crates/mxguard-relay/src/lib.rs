@@ -1,10 +1,25 @@
 //! `mxguard relay`: a backup MX that is safe by construction (DESIGN §4).
 //!
-//! Built in steps (issues 4 and 5). What exists so far is [`config`]: the
-//! TOML configuration with its contract keys, secure defaults and
-//! validation. The SMTP server, recipient validation and the spool come
-//! next.
+//! - [`config`]: the TOML configuration, its contract keys and validation;
+//! - [`session`]: one SMTP session — strict wire, limits, timeouts, STARTTLS;
+//! - [`data`]: the DATA phase, which ends only at CRLF.CRLF;
+//! - [`policy`], [`callout`], [`list`]: which recipients are taken;
+//! - [`server`]: listeners and connection limits;
+//! - [`events`]: one log line per mail event.
+//!
+//! Accepted mail goes to a [`mxguard_queue::Spool`]; forwarding it to the
+//! primary is the next step (issue 5).
 
+pub mod address;
+pub mod callout;
 pub mod config;
+pub mod data;
+pub mod events;
+pub mod list;
+pub mod policy;
+pub mod server;
+pub mod session;
 
 pub use config::{Config, ConfigError, Problem, RecipientMode};
+pub use events::{Events, MailEvent, Stage};
+pub use server::{Options, Prepared, Running, StartError, prepare, start};

@@ -21,6 +21,30 @@ pub enum Command {
     Check(CheckArgs),
     /// Run every check offline against a built-in lab on loopback addresses.
     Demo(DemoArgs),
+    /// Run the backup MX: accept mail for the configured domains, safely.
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    /// The relay's TOML configuration (see etc/relay.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Check the configuration and everything it refers to, then exit
+    /// (0: usable; 2: every problem printed with its line).
+    #[arg(long)]
+    pub check_config: bool,
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// key=value lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -9,6 +9,7 @@ mod check;
 mod cli;
 mod demo;
 mod output;
+mod relay;
 mod render;
 
 use std::process::ExitCode;
@@ -53,13 +54,23 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MXGUARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The relay is a service: its mail events (info) are its log. The
+    // other commands only say something when it goes wrong.
+    let (default_filter, json) = match &cli.command {
+        cli::Command::Relay(a) => ("info", a.log_format == cli::LogFormat::Json),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MXGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        logger.json().flatten_event(true).init();
+    } else {
+        logger.init();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,6 +91,7 @@ fn main() -> ExitCode {
                 check::run(cfg).await
             }
             cli::Command::Demo(args) => demo::run(args).await,
+            cli::Command::Relay(args) => relay::run(args).await,
         }
     });
     match result {

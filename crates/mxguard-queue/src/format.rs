@@ -1,0 +1,85 @@
+//! The entry file format, version 1:
+//!
+//! ```text
+//! mxguard-spool 1\n
+//! {"id":"…","received_at":"…",…}\n
+//! <message bytes, exactly as received>
+//! ```
+//!
+//! The first line identifies the format and its version. The second is the
+//! [`Envelope`] as JSON; JSON escapes control characters inside strings, so
+//! that line never contains a raw newline. Everything after it is the
+//! message, with no length field and no trailer: integrity rests on the
+//! commit protocol (the file is complete before its name appears in
+//! `queue/`).
+
+use std::io::{self, BufRead, Read};
+
+use crate::Envelope;
+
+/// The first line of every entry.
+pub(crate) const MAGIC: &[u8] = b"mxguard-spool 1\n";
+/// What every version of the format starts with.
+const MAGIC_PREFIX: &[u8] = b"mxguard-spool ";
+/// Longest first line worth reading before calling it garbage.
+const MAX_MAGIC_LINE: u64 = 64;
+/// Longest envelope line accepted: far above any real envelope (even
+/// thousands of recipients), low enough that a damaged file cannot make the
+/// relay allocate without bound.
+const MAX_ENVELOPE_LINE: u64 = 16 * 1024 * 1024;
+
+/// The two header lines for `envelope`.
+pub(crate) fn encode_header(envelope: &Envelope) -> Result<Vec<u8>, serde_json::Error> {
+    let mut header = MAGIC.to_vec();
+    serde_json::to_writer(&mut header, envelope)?;
+    header.push(b'\n');
+    Ok(header)
+}
+
+/// Why a header could not be read.
+#[derive(Debug)]
+pub(crate) enum HeaderError {
+    /// Reading failed; says nothing about the file's contents.
+    Io(io::Error),
+    /// The file does not follow the format.
+    Invalid(String),
+}
+
+/// Read the two header lines, leaving `reader` at the first message byte.
+/// Returns the envelope and the header's length in bytes.
+pub(crate) fn decode_header<R: BufRead>(reader: &mut R) -> Result<(Envelope, u64), HeaderError> {
+    let mut line = Vec::new();
+    reader
+        .by_ref()
+        .take(MAX_MAGIC_LINE)
+        .read_until(b'\n', &mut line)
+        .map_err(HeaderError::Io)?;
+    if line != MAGIC {
+        let reason = if line.starts_with(MAGIC_PREFIX) && line.ends_with(b"\n") {
+            format!(
+                "unsupported format version {:?} (this build reads {:?})",
+                String::from_utf8_lossy(line.trim_ascii_end()),
+                String::from_utf8_lossy(MAGIC.trim_ascii_end())
+            )
+        } else {
+            "bad magic: not an mxguard spool entry".to_owned()
+        };
+        return Err(HeaderError::Invalid(reason));
+    }
+    let magic_len = line.len();
+
+    line.clear();
+    reader
+        .by_ref()
+        .take(MAX_ENVELOPE_LINE)
+        .read_until(b'\n', &mut line)
+        .map_err(HeaderError::Io)?;
+    if line.last() != Some(&b'\n') {
+        return Err(HeaderError::Invalid(
+            "envelope line is truncated or too long".to_owned(),
+        ));
+    }
+    let envelope = serde_json::from_slice(&line[..line.len() - 1])
+        .map_err(|e| HeaderError::Invalid(format!("bad envelope JSON: {e}")))?;
+    Ok((envelope, (magic_len + line.len()) as u64))
+}
