@@ -89,6 +89,7 @@ impl Default for SmtpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
+    /// Relative paths are taken from the config file's directory.
     pub path: PathBuf,
 }
 
@@ -251,6 +252,7 @@ impl Config {
         let problems = config.problems(text, base);
         if problems.is_empty() {
             let mut config = config;
+            config.spool.path = resolve(base, &config.spool.path);
             config.base = base.map(Path::to_owned);
             Ok(config)
         } else {

@@ -46,6 +46,10 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// Read sizes between commands and during DATA.
+const COMMAND_CHUNK: usize = 1024;
+const DATA_CHUNK: usize = 64 * 1024;
+
 /// Message text is handed to the spool in pieces of about this size.
 const SPOOL_CHUNK: usize = 256 * 1024;
 
@@ -132,33 +136,28 @@ impl Wire {
         }
     }
 
-    /// Read more input, after flushing pending replies.
-    async fn fill(&mut self, timeout: Duration) -> Result<(), End> {
+    /// Read more input, after flushing pending replies. `chunk` is how much
+    /// room to offer the read: small between commands (an idle session
+    /// should cost little memory), large during DATA.
+    async fn fill(&mut self, timeout: Duration, chunk: usize) -> Result<(), End> {
         self.flush(timeout).await?;
         if self.rpos > 0 {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        let start = self.rbuf.len();
-        self.rbuf.resize(start + 16 * 1024, 0);
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * chunk {
+            self.rbuf.shrink_to(chunk);
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < chunk / 2 {
+            self.rbuf.reserve(chunk);
+        }
         let io = self.io.as_mut().ok_or(End::Io)?;
-        let n = match tokio::time::timeout(timeout, io.read(&mut self.rbuf[start..])).await {
-            Ok(Ok(0)) => {
-                self.rbuf.truncate(start);
-                return Err(End::ClientClosed);
-            }
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) => {
-                self.rbuf.truncate(start);
-                return Err(End::Io);
-            }
-            Err(_) => {
-                self.rbuf.truncate(start);
-                return Err(End::Timeout);
-            }
-        };
-        self.rbuf.truncate(start + n);
-        Ok(())
+        match tokio::time::timeout(timeout, io.read_buf(&mut self.rbuf)).await {
+            Ok(Ok(0)) => Err(End::ClientClosed),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(End::Io),
+            Err(_) => Err(End::Timeout),
+        }
     }
 
     /// One command line, LF included.
@@ -178,7 +177,7 @@ impl Wire {
                 too_long = true;
                 self.rpos = self.rbuf.len();
             }
-            self.fill(timeout).await?;
+            self.fill(timeout, COMMAND_CHUNK).await?;
         }
     }
 }
@@ -730,11 +729,14 @@ impl Session {
                 // Keep reading to the end; nothing more is kept.
                 out.clear();
             }
-            self.wire.fill(s.data_timeout).await.inspect_err(|_| {
-                if let Some(inc) = incoming.take() {
-                    inc.abort();
-                }
-            })?;
+            self.wire
+                .fill(s.data_timeout, DATA_CHUNK)
+                .await
+                .inspect_err(|_| {
+                    if let Some(inc) = incoming.take() {
+                        inc.abort();
+                    }
+                })?;
         }
         if let Some(inc) = incoming.take() {
             inc.abort();

@@ -1,0 +1,245 @@
+//! `mxguard relay` as an operator meets it: `--check-config` on good and bad
+//! files, the JSON mail-event log, and a clean stop on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let p =
+            std::env::temp_dir().join(format!("mxguard-relay-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mxguard"))
+}
+
+fn check_config(path: &Path) -> (i32, String, String) {
+    let out = bin()
+        .args(["relay", "--check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_reports_every_problem_with_its_line_and_exits_2() {
+    let dir = Dir::new("bad");
+    let path = dir.write(
+        "relay.toml",
+        "hostname = \"backup\"\n\
+         [smtp]\n\
+         listen = [\"0.0.0.0:25\", \"nowhere\"]\n\
+         [spool]\n\
+         path = \"/var/spool/mxguard\"\n\
+         [admin]\n\
+         listen = \"192.0.2.1:8025\"\n\
+         [[domains]]\n\
+         name = \"example.com\"\n\
+         recipients = \"list\"\n\
+         recipient_list = \"missing.users\"\n",
+    );
+    let (code, stdout, stderr) = check_config(&path);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    for want in [
+        "line 1: hostname: \"backup\" is not a fully qualified host name",
+        "line 3: smtp.listen[1]: \"nowhere\" is not an IP:PORT address",
+        "line 7: admin.listen: 192.0.2.1:8025 is not a loopback address",
+        "line 11: domains[0].recipient_list:",
+        "4 problems; nothing started",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+    // An unknown key is named with its line.
+    let typo = dir.write(
+        "typo.toml",
+        "hostname = \"backup.example.net\"\n[spool]\npath = \"/tmp/x\"\nrelay_everything = true\n",
+    );
+    let (code, _, stderr) = check_config(&typo);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("line 4") && stderr.contains("relay_everything"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_loads_what_the_file_points_at() {
+    let dir = Dir::new("points");
+    dir.write("users", "alice@example.com\n");
+    let good = dir.write(
+        "good.toml",
+        "hostname = \"backup.example.net\"\n[smtp]\nlisten = [\"127.0.0.1:2525\"]\n\
+         [spool]\npath = \"spool\"\n\
+         [[domains]]\nname = \"example.com\"\nrecipients = \"list\"\nrecipient_list = \"users\"\n\
+         [[domains]]\nname = \"example.org\"\nprimary = \"mail.example.org:25\"\n",
+    );
+    let (code, stdout, stderr) = check_config(&good);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(stdout.contains("domain    example.com: list"), "{stdout}");
+    assert!(
+        stdout.contains("domain    example.org: callout to mail.example.org:25"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("STARTTLS  not offered"), "{stdout}");
+
+    // A certificate file that is not there, or a list with a bad line.
+    let tls = dir.write(
+        "tls.toml",
+        "hostname = \"backup.example.net\"\n[smtp]\ntls_cert = \"nope.pem\"\ntls_key = \"nope.key\"\n\
+         [spool]\npath = \"spool\"\n",
+    );
+    let (code, _, stderr) = check_config(&tls);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("smtp.tls_cert") && stderr.contains("nope.pem"),
+        "{stderr}"
+    );
+    dir.write("bad.users", "alice@example.com\nnot an address\n");
+    let list = dir.write(
+        "list.toml",
+        "hostname = \"backup.example.net\"\n[spool]\npath = \"spool\"\n\
+         [[domains]]\nname = \"example.com\"\nrecipients = \"list\"\nrecipient_list = \"bad.users\"\n",
+    );
+    let (code, _, stderr) = check_config(&list);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("bad.users:2"), "{stderr}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn json_mail_events_and_a_clean_stop_on_sigterm() {
+    let dir = Dir::new("run");
+    dir.write("users", "alice@example.com\n");
+    let port = free_port();
+    let cfg = dir.write(
+        "relay.toml",
+        &format!(
+            "hostname = \"backup.example.net\"\n[smtp]\nlisten = [\"127.0.0.1:{port}\"]\n\
+             [spool]\npath = \"spool\"\n\
+             [[domains]]\nname = \"example.com\"\nrecipients = \"list\"\nrecipient_list = \"users\"\n"
+        ),
+    );
+    let mut child = bin()
+        .args(["relay", "--log-format", "json", "--config"])
+        .arg(&cfg)
+        .env("MXGUARD_LOG", "mxguard::mail=info,warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let stream = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("relay never listened: {e}");
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut r = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    let mut reply = || {
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            all.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    };
+    assert!(reply().starts_with("220 backup.example.net"));
+    for (cmd, want) in [
+        ("EHLO client.example", "250"),
+        ("MAIL FROM:<a@sender.example>", "250"),
+        ("RCPT TO:<nobody@example.com>", "550"),
+        ("RCPT TO:<alice@example.com>", "250"),
+        ("DATA", "354"),
+        ("Subject: t\r\n\r\nhello\r\n.", "250"),
+        ("QUIT", "221"),
+    ] {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let got = reply();
+        assert!(got.starts_with(want), "{cmd}: {got}");
+    }
+    // SIGTERM: stop accepting, finish, exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "relay did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "mxguard::mail")
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["connect", "rejected", "accepted", "disconnect"],
+        "{log}"
+    );
+    assert_eq!(events[1]["reason"], "unknown-recipient");
+    assert_eq!(events[1]["rcpt"], "<nobody@example.com>");
+    let id = events[2]["queue_id"].as_str().unwrap();
+    assert!(dir.0.join("spool/queue").join(id).is_file(), "{log}");
+}
