@@ -30,26 +30,23 @@ mod common;
 use std::collections::hash_map::RandomState;
 use std::fs;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{BufRead, BufReader, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Run, Scratch, find_program, run_mxguard_json, skip_or_fail};
+use common::postfix::{Layout, PORT_ATTEMPTS, Postfix, Role, StartError};
+use common::{
+    Run, Scratch, find_program, is_root, must_pass, path_str, run, run_mxguard_json, set_mode,
+    skip_or_fail,
+};
 use mxguard_lab::{LabCa, LabDns, ZoneSet};
 use serde_json::Value;
 
-/// How long a Postfix instance gets to answer with its banner.
-const POSTFIX_READY: Duration = Duration::from_secs(20);
-/// How long `postfix stop` gets before the master is killed.
-const POSTFIX_STOP: Duration = Duration::from_secs(10);
 /// How long one `mxguard check` run may take before the test gives up.
 const CHECK_DEADLINE: Duration = Duration::from_secs(120);
 /// How long one swaks dialogue may take.
 const SWAKS_DEADLINE: Duration = Duration::from_secs(30);
-/// Fresh ports tried when Postfix cannot bind the one picked.
-const PORT_ATTEMPTS: usize = 5;
 
 /// The domain with a careless backup: MX 10 strict primary, MX 20 backup.
 const LIABILITY: &str = "liability.interop.test";
@@ -59,18 +56,6 @@ const MX1: &str = "mx1.interop.test";
 const MX2: &str = "mx2.interop.test";
 /// Mailboxes the strict primary knows, at each of its domains.
 const USERS: [&str; 3] = ["postmaster", "alice", "bob"];
-/// The uid and gid that own the virtual mailboxes (`nobody`).
-const VMAIL_ID: u32 = 65534;
-
-/// Effective uid 0, from `/proc/self/status` (no libc in this crate).
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0")
-    })
-}
 
 /// What the Postfix tests need: the programs, and root.
 struct Tools {
@@ -109,37 +94,6 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// Run a program to completion, output captured.
-fn run(program: &Path, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()))
-}
-
-fn describe(program: &Path, args: &[&str], out: &Output) -> String {
-    format!(
-        "{} {} ({}):\n{}{}",
-        program.display(),
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Run a program; panic with its output unless it succeeds.
-fn must_pass(program: &Path, args: &[&str]) -> Output {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        describe(program, args, &out)
-    );
-    out
-}
-
 /// A scratch directory that Postfix's unprivileged processes can walk into.
 fn scratch(tag: &str) -> Scratch {
     let dir = Scratch::new(
@@ -149,16 +103,6 @@ fn scratch(tag: &str) -> Scratch {
     );
     set_mode(&dir.path, 0o755);
     dir
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt as _;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 /// `/32` aliases this test added to `lo`; exactly those are removed on drop.
@@ -229,346 +173,6 @@ impl Drop for LoAliases {
     }
 }
 
-/// What a Postfix instance is for.
-enum Role {
-    /// Final destination for these domains, rejecting unknown users.
-    Strict { domains: Vec<&'static str> },
-    /// Relays these domains to `primary` with no recipient list.
-    CarelessBackup {
-        domains: Vec<&'static str>,
-        primary: Ipv4Addr,
-    },
-}
-
-/// `master.cf`: the services a small MTA needs, none chrooted (the queue
-/// directory holds no copy of /etc), smtpd on `port` of `inet_interfaces`.
-fn master_cf(port: u16) -> String {
-    format!(
-        "# mxguard interop_postfix: generated\n\
-         {port:<9} inet  n       -       n       -       -       smtpd\n\
-         pickup    unix  n       -       n       60      1       pickup\n\
-         cleanup   unix  n       -       n       -       0       cleanup\n\
-         qmgr      unix  n       -       n       300     1       qmgr\n\
-         tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n\
-         rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
-         bounce    unix  -       -       n       -       0       bounce\n\
-         defer     unix  -       -       n       -       0       bounce\n\
-         trace     unix  -       -       n       -       0       bounce\n\
-         verify    unix  -       -       n       -       1       verify\n\
-         flush     unix  n       -       n       1000?   0       flush\n\
-         proxymap  unix  -       -       n       -       -       proxymap\n\
-         proxywrite unix -       -       n       -       1       proxymap\n\
-         smtp      unix  -       -       n       -       -       smtp\n\
-         relay     unix  -       -       n       -       -       smtp\n\
-         showq     unix  n       -       n       -       -       showq\n\
-         error     unix  -       -       n       -       -       error\n\
-         retry     unix  -       -       n       -       -       error\n\
-         discard   unix  -       -       n       -       -       discard\n\
-         local     unix  -       n       n       -       -       local\n\
-         virtual   unix  -       n       n       -       -       virtual\n\
-         anvil     unix  -       -       n       -       1       anvil\n\
-         scache    unix  -       -       n       -       1       scache\n\
-         postlog   unix-dgram n  -       n       -       1       postlogd\n"
-    )
-}
-
-/// One Postfix instance's files, all under `base`.
-struct Layout {
-    name: &'static str,
-    base: PathBuf,
-    conf: PathBuf,
-    queue: PathBuf,
-    data: PathBuf,
-    mail: PathBuf,
-    maillog: PathBuf,
-}
-
-impl Layout {
-    fn new(dir: &Scratch, name: &'static str) -> Layout {
-        let base = dir.file(name);
-        Layout {
-            name,
-            conf: base.join("conf"),
-            queue: base.join("queue"),
-            data: base.join("data"),
-            mail: base.join("mail"),
-            maillog: base.join("maillog"),
-            base,
-        }
-    }
-
-    /// Write `main.cf`, `master.cf`, the lookup tables and the TLS files.
-    fn write(&self, role: &Role, hostname: &str, ip: Ipv4Addr, port: u16, ca: &LabCa) {
-        for d in [&self.base, &self.conf, &self.queue] {
-            fs::create_dir_all(d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
-            set_mode(d, 0o755);
-        }
-        // data_directory is created by `postfix check`, owned by postfix.
-        let cert = ca.issue(&[hostname]).expect("issuing a lab certificate");
-        let key_file = self.conf.join("key.pem");
-        let chain_file = self.conf.join("chain.pem");
-        fs::write(&key_file, cert.key_pem()).expect("writing key.pem");
-        set_mode(&key_file, 0o600);
-        fs::write(&chain_file, cert.cert_pem()).expect("writing chain.pem");
-
-        let main = format!(
-            "# mxguard interop_postfix: generated; instance {name}\n\
-             compatibility_level = 3.6\n\
-             queue_directory = {queue}\n\
-             data_directory = {data}\n\
-             maillog_file = {maillog}\n\
-             maillog_file_prefixes = {base}\n\
-             syslog_name = mxguard-interop-{name}\n\
-             myhostname = {hostname}\n\
-             mydomain = interop.test\n\
-             myorigin = $myhostname\n\
-             mydestination =\n\
-             inet_interfaces = {ip}\n\
-             inet_protocols = ipv4\n\
-             # Not the client: mxguard and swaks arrive from 127.0.0.1 or the alias.\n\
-             mynetworks = 192.0.2.1/32\n\
-             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
-             smtpd_banner = $myhostname ESMTP\n\
-             # Hermetic: no DNS, no delivery off this machine.\n\
-             smtpd_peername_lookup = no\n\
-             smtp_dns_support_level = disabled\n\
-             relayhost =\n\
-             default_transport = error:5.7.1 mxguard interop: no outbound mail\n\
-             local_transport = error:5.1.1 mxguard interop: no local delivery\n\
-             alias_maps =\n\
-             alias_database =\n\
-             local_recipient_maps =\n\
-             biff = no\n\
-             smtpd_tls_security_level = may\n\
-             smtpd_tls_chain_files = {key}, {chain}\n\
-             smtpd_tls_loglevel = 1\n\
-             smtp_tls_security_level = none\n",
-            name = self.name,
-            queue = self.queue.display(),
-            data = self.data.display(),
-            maillog = self.maillog.display(),
-            base = self.base.display(),
-            key = key_file.display(),
-            chain = chain_file.display(),
-        );
-        let role_cf = match role {
-            Role::Strict { domains } => {
-                fs::create_dir_all(&self.mail).expect("creating the mailbox base");
-                std::os::unix::fs::chown(&self.mail, Some(VMAIL_ID), Some(VMAIL_ID))
-                    .expect("chown of the mailbox base");
-                let mut table = String::new();
-                for domain in domains {
-                    for user in USERS {
-                        table.push_str(&format!("{user}@{domain} {domain}/{user}/\n"));
-                    }
-                }
-                let vmailbox = self.conf.join("vmailbox");
-                fs::write(&vmailbox, table).expect("writing vmailbox");
-                format!(
-                    "# Final destination; unknown users get 550 5.1.1 at RCPT.\n\
-                     virtual_mailbox_domains = {domains}\n\
-                     virtual_mailbox_maps = texthash:{vmailbox}\n\
-                     virtual_mailbox_base = {mail}\n\
-                     virtual_uid_maps = static:{VMAIL_ID}\n\
-                     virtual_gid_maps = static:{VMAIL_ID}\n",
-                    domains = domains.join(" "),
-                    vmailbox = vmailbox.display(),
-                    mail = self.mail.display(),
-                )
-            }
-            Role::CarelessBackup { domains, primary } => {
-                let mut table = String::new();
-                for domain in domains {
-                    table.push_str(&format!("{domain} relay:[{primary}]:{port}\n"));
-                }
-                let transport = self.conf.join("transport");
-                fs::write(&transport, table).expect("writing transport");
-                format!(
-                    "# A backup MX with no recipient list: any user is accepted.\n\
-                     relay_domains = {domains}\n\
-                     relay_recipient_maps =\n\
-                     transport_maps = texthash:{transport}\n",
-                    domains = domains.join(" "),
-                    transport = transport.display(),
-                )
-            }
-        };
-        fs::write(self.conf.join("main.cf"), main + &role_cf).expect("writing main.cf");
-        fs::write(self.conf.join("master.cf"), master_cf(port)).expect("writing master.cf");
-    }
-}
-
-/// A running Postfix instance; stopped (`postfix stop`, then `abort`, then
-/// SIGKILL to the master) when dropped.
-struct Postfix {
-    postfix: PathBuf,
-    layout: Layout,
-    addr: SocketAddr,
-    master_pid: Option<u32>,
-}
-
-/// Why an instance did not come up.
-enum StartError {
-    /// Another process holds the port: pick another.
-    PortTaken,
-    Other(String),
-}
-
-impl Postfix {
-    fn conf_arg(&self) -> &str {
-        path_str(&self.layout.conf)
-    }
-
-    fn maillog(&self) -> String {
-        fs::read_to_string(&self.layout.maillog).unwrap_or_default()
-    }
-
-    fn read_master_pid(&self) -> Option<u32> {
-        fs::read_to_string(self.layout.queue.join("pid/master.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// `postfix check`, `postfix start`, then wait for the banner.
-    fn start(postfix: &Path, layout: Layout, addr: SocketAddr) -> Result<Postfix, StartError> {
-        let mut server = Postfix {
-            postfix: postfix.to_path_buf(),
-            layout,
-            addr,
-            master_pid: None,
-        };
-        let conf = server.conf_arg().to_owned();
-        let check = run(postfix, &["-c", &conf, "check"]);
-        if !check.status.success() {
-            return Err(StartError::Other(describe(
-                postfix,
-                &["-c", &conf, "check"],
-                &check,
-            )));
-        }
-        let start = run(postfix, &["-c", &conf, "start"]);
-        server.master_pid = server.read_master_pid();
-        let port_taken = |s: &Postfix| s.maillog().contains("Address already in use");
-        if !start.status.success() {
-            if port_taken(&server) {
-                return Err(StartError::PortTaken);
-            }
-            return Err(StartError::Other(format!(
-                "{}\nmaillog:\n{}",
-                describe(postfix, &["-c", &conf, "start"], &start),
-                server.maillog()
-            )));
-        }
-        let deadline = Instant::now() + POSTFIX_READY;
-        loop {
-            if server.master_pid.is_none() {
-                server.master_pid = server.read_master_pid();
-            }
-            if banner(addr).is_some() {
-                return Ok(server);
-            }
-            if port_taken(&server) {
-                return Err(StartError::PortTaken);
-            }
-            if Instant::now() > deadline {
-                return Err(StartError::Other(format!(
-                    "Postfix {} on {addr} gave no banner within {POSTFIX_READY:?}; maillog:\n{}",
-                    server.layout.name,
-                    server.maillog()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        let Some(pid) = self.master_pid.or_else(|| self.read_master_pid()) else {
-            return;
-        };
-        let conf = self.conf_arg().to_owned();
-        let _ = run(&self.postfix, &["-c", &conf, "stop"]);
-        if wait_gone(pid, POSTFIX_STOP) {
-            return;
-        }
-        let _ = run(&self.postfix, &["-c", &conf, "abort"]);
-        if wait_gone(pid, Duration::from_secs(3)) {
-            return;
-        }
-        eprintln!(
-            "interop_postfix: Postfix {} master {pid} ignored stop and abort; killing it",
-            self.layout.name
-        );
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        wait_gone(pid, Duration::from_secs(3));
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
-            eprintln!(
-                "interop_postfix: Postfix {} ({}) maillog {}:\n{}",
-                self.layout.name,
-                self.addr,
-                self.layout.maillog.display(),
-                self.maillog()
-            );
-        }
-    }
-}
-
-/// Has process `pid` exited (within `limit`)?
-fn wait_gone(pid: u32, limit: Duration) -> bool {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        // A zombie no longer serves; its parent (init) reaps it.
-        let state = fs::read_to_string(proc.join("stat")).unwrap_or_default();
-        let zombie = state
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if !proc.exists() || zombie {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-/// The server's `220` greeting, or `None` if it does not give one now.
-fn banner(addr: SocketAddr) -> Option<String> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(2)))
-        .ok()?;
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut text = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        text.push_str(&line);
-        if line.len() < 4 || !line.starts_with("220") {
-            return None;
-        }
-        if line.as_bytes()[3] == b' ' {
-            break;
-        }
-    }
-    let mut stream = stream;
-    let _ = stream.write_all(b"QUIT\r\n");
-    Some(text)
-}
-
 /// A port that both aliases can bind, at the moment of asking.
 fn free_port(a: Ipv4Addr, b: Ipv4Addr) -> u16 {
     for _ in 0..50 {
@@ -605,15 +209,16 @@ impl Fixture {
             let port = free_port(ip1, ip2);
             let strict_role = Role::Strict {
                 domains: vec![LIABILITY, SOLO],
+                users: USERS.to_vec(),
             };
             let backup_role = Role::CarelessBackup {
                 domains: vec![LIABILITY],
                 primary: ip1,
             };
             let strict_layout = Layout::new(&dir, "strict");
-            strict_layout.write(&strict_role, MX1, ip1, port, &ca);
+            strict_layout.write(&strict_role, MX1, ip1, port, Some(&ca));
             let backup_layout = Layout::new(&dir, "backup");
-            backup_layout.write(&backup_role, MX2, ip2, port, &ca);
+            backup_layout.write(&backup_role, MX2, ip2, port, Some(&ca));
 
             let strict = match Postfix::start(
                 &tools.postfix,

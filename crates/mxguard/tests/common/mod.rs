@@ -2,13 +2,17 @@
 #![allow(dead_code)]
 
 //! Helpers shared by the integration tests: finding the programs an interop
-//! test needs, skipping or failing when they are missing, and running the
-//! `mxguard` binary for its JSON report with a deadline.
+//! test needs, skipping or failing when they are missing, running programs
+//! and the `mxguard` binary with a deadline, and (in [`postfix`]) private
+//! Postfix instances.
+
+pub mod postfix;
 
 use std::fs;
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -157,4 +161,112 @@ impl Drop for Scratch {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// Effective uid 0, from `/proc/self/status` (no libc in this crate).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// Run a program to completion, output captured.
+pub fn run(program: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()))
+}
+
+/// A program's command line, status and output, for a failure message.
+pub fn describe(program: &Path, args: &[&str], out: &Output) -> String {
+    format!(
+        "{} {} ({}):\n{}{}",
+        program.display(),
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Run a program; panic with its output unless it succeeds.
+pub fn must_pass(program: &Path, args: &[&str]) -> Output {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        describe(program, args, &out)
+    );
+    out
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// Has process `pid` exited (within `limit`)? A zombie counts as gone: it
+/// no longer serves, and its parent reaps it.
+pub fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let state = fs::read_to_string(proc.join("stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !proc.exists() || zombie {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Send `signal` (`TERM`, `KILL`, ...) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// An SMTP server's `220` greeting, or `None` if it does not give one now.
+/// Says QUIT after it.
+pub fn smtp_banner(addr: SocketAddr) -> Option<String> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        text.push_str(&line);
+        if line.len() < 4 || !line.starts_with("220") {
+            return None;
+        }
+        if line.as_bytes()[3] == b' ' {
+            break;
+        }
+    }
+    let mut stream = stream;
+    let _ = stream.write_all(b"QUIT\r\n");
+    Some(text)
 }
