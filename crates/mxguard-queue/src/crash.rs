@@ -10,6 +10,11 @@
 //! fresh [`FsSpool`] on the same directory, as a restarted relay would, and
 //! checks what was recovered.
 //!
+//! Faults apply to [`Spool::save_state`] too, with the fault in force at
+//! the call: see [`Fault`] for what each does there. [`Spool::remove`],
+//! [`Spool::list`], [`Spool::read`] and [`Spool::state`] run unfaulted
+//! (until a crash, after which they return [`SpoolError::Crashed`]).
+//!
 //! One simplification: a real power cut may also lose data written but not
 //! yet fsynced. This backend keeps everything written, which is the state
 //! recovery has the hardest time with (for example a renamed entry whose
@@ -19,11 +24,21 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::{Entry, Envelope, FsSpool, Incoming, QueueId, Recovery, Spool, SpoolError};
+use crate::{
+    DeliveryState, Entry, Envelope, FsSpool, Incoming, QueueId, Recovery, Spool, SpoolError,
+    StateRecovery,
+};
 
 /// Where a [`CrashSpool`] fails. Set with [`CrashSpool::set_fault`]; each
 /// [`Spool::begin`] takes the fault in force at that moment, so changing it
 /// never affects messages already being received.
+///
+/// Each [`Spool::save_state`] also takes the fault in force when it is
+/// called, and fails at the matching step of its own protocol (write the
+/// temp file in `tmp/`, fsync it, rename it to `state/<ID>`, fsync
+/// `state/`). Byte counts there are the state file's own bytes. Every fault
+/// up to and including [`Fault::CrashBeforeRename`] leaves the previous
+/// state in force; after [`Fault::CrashBeforeDirSync`] the new one is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Fault {
@@ -34,11 +49,13 @@ pub enum Fault {
     /// the write that crosses the limit fails with [`SpoolError::Full`] and
     /// the partial file is removed, exactly as for a real `ENOSPC`. A
     /// message of at most this many bytes is stored normally. Stays in force
-    /// (the disk stays full) until changed.
+    /// (the disk stays full) until changed. A state save whose file is
+    /// longer fails the same way; the previous state stays.
     FullAfter(u64),
     /// The power goes once this many message bytes have reached the temp
     /// file: the write that crosses the limit returns
-    /// [`SpoolError::Crashed`], and the partial temp file stays.
+    /// [`SpoolError::Crashed`], and the partial temp file stays. Likewise
+    /// for a state save whose file is longer.
     CrashAfter(u64),
     /// The power goes in commit, after the message is written but before
     /// the temp file is fsynced. The temp file stays.
@@ -129,6 +146,11 @@ impl CrashSpool {
         self.spool.path()
     }
 
+    /// [`FsSpool::state_recovery`] of the wrapped spool.
+    pub fn state_recovery(&self) -> StateRecovery {
+        self.spool.state_recovery()
+    }
+
     fn alive(&self) -> Result<(), SpoolError> {
         if self.power.is_off() {
             Err(SpoolError::Crashed)
@@ -161,5 +183,19 @@ impl Spool for CrashSpool {
     fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.alive()?;
         self.spool.remove(id)
+    }
+
+    fn state(&self, id: &QueueId) -> Result<DeliveryState, SpoolError> {
+        self.alive()?;
+        self.spool.state(id)
+    }
+
+    fn save_state(&self, id: &QueueId, state: &DeliveryState) -> Result<(), SpoolError> {
+        self.alive()?;
+        let sim = Sim {
+            fault: self.fault(),
+            power: Arc::clone(&self.power),
+        };
+        self.spool.save_state_with(id, state, Some(&sim))
     }
 }

@@ -5,20 +5,23 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::QueueId;
+use crate::{DeliveryState, QueueId};
 
 /// The SMTP envelope and session facts of one accepted message.
 ///
 /// Stored as one line of JSON in the entry file (see `docs/spool.md`).
 /// `received_at` is written as RFC 3339 text in UTC with nanoseconds, e.g.
 /// `"2026-05-01T12:00:00.250000000Z"`, so it reads back exactly.
+///
+/// Fields added after format version 1 are `#[serde(default)]`, so entries
+/// written by older builds still load (with the field's default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// The entry's name in the queue.
     pub id: QueueId,
     /// When the relay accepted the message.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "crate::rfc3339")]
     pub received_at: SystemTime,
     /// The reverse-path without angle brackets; `""` is the null
     /// reverse-path `<>` (a bounce).
@@ -35,6 +38,36 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// Whether the session was protected by STARTTLS.
     pub tls: bool,
+    /// What was learnt about the sender at ingress (SPF of the MAIL FROM
+    /// domain), if checked. `None` when not checked, and in entries written
+    /// before format version 2. The relay sets it; the spool only stores it.
+    #[serde(default)]
+    pub spf: Option<SpfResult>,
+}
+
+/// The result of an SPF check (RFC 7208 §2.6) of the MAIL FROM domain.
+///
+/// Written in kebab-case: `"pass"`, `"fail"`, `"soft-fail"`, `"neutral"`,
+/// `"none"`, `"temp-error"`, `"perm-error"` (RFC 7208 itself spells three of
+/// them `softfail`, `temperror` and `permerror`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpfResult {
+    /// The client is authorized to send for the domain.
+    Pass,
+    /// The client is not authorized to send for the domain.
+    Fail,
+    /// Probably not authorized, but the domain does not say so firmly.
+    SoftFail,
+    /// The domain makes no assertion about the client.
+    Neutral,
+    /// No SPF record, or no domain to check (e.g. the null sender `<>`
+    /// without a usable HELO name).
+    None,
+    /// A transient error, typically DNS, prevented the check.
+    TempError,
+    /// The domain's SPF record could not be interpreted.
+    PermError,
 }
 
 /// The declared body type (`BODY=` on MAIL, RFC 6152).
@@ -54,40 +87,8 @@ pub struct Entry {
     pub envelope: Envelope,
     /// Size of the message bytes (without the spool's own header lines).
     pub size: u64,
-}
-
-/// `SystemTime` as RFC 3339 text in UTC, always with nine fractional
-/// digits (fixed width, exact). Reading accepts any RFC 3339 UTC time,
-/// with or without fraction. Times before 1970 or after 9999
-/// cannot be written; the relay only ever stores "now".
-mod rfc3339 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    use serde::{Deserialize, Deserializer, Serializer, de, ser};
-
-    /// 10000-01-01T00:00:00Z, the first second RFC 3339 cannot express.
-    const YEAR_10000: u64 = 253_402_300_800;
-
-    pub(super) fn serialize<S: Serializer>(
-        time: &SystemTime,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        // humantime panics on times before the epoch, so check first.
-        match time.duration_since(UNIX_EPOCH) {
-            Ok(since) if since.as_secs() < YEAR_10000 => {
-                serializer.collect_str(&humantime::format_rfc3339_nanos(*time))
-            }
-            _ => Err(ser::Error::custom(
-                "time outside 1970..=9999 cannot be written as RFC 3339",
-            )),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_rfc3339(&text)
-            .map_err(|e| de::Error::custom(format!("bad RFC 3339 time {text:?}: {e}")))
-    }
+    /// The saved delivery state, or [`DeliveryState::new`] of the envelope
+    /// when none was saved yet (as [`Spool::state`](crate::Spool::state)
+    /// returns it).
+    pub state: DeliveryState,
 }

@@ -5,117 +5,18 @@
 //! removed when the test passes and kept (with its path printed) when it
 //! fails.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::{TestDir, envelope, noise, open, recovery, store, write_in_chunks};
 use mxguard_queue::{
-    Body, CrashSpool, Envelope, Fault, FsSpool, Incoming, QueueId, Recovery, Spool, SpoolError,
+    Body, CrashSpool, DeliveryState, Envelope, Fault, QueueId, Recovery, Spool, SpoolError,
 };
-
-/// A fresh directory, removed on drop unless the test is failing.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> TestDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "mxguard-queue-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        TestDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Sorted file names in one spool subdirectory.
-    fn files(&self, sub: &str) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.0.join(sub))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// (tmp/, queue/, corrupt/) file counts.
-    fn counts(&self) -> (usize, usize, usize) {
-        (
-            self.files("tmp").len(),
-            self.files("queue").len(),
-            self.files("corrupt").len(),
-        )
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("keeping {} for inspection", self.0.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn envelope() -> Envelope {
-    Envelope {
-        id: QueueId::new(),
-        received_at: SystemTime::now(),
-        mail_from: "sender@example.org".to_owned(),
-        recipients: vec!["a@example.net".to_owned(), "b@example.net".to_owned()],
-        client_addr: "192.0.2.7".parse().unwrap(),
-        client_helo: "mail.example.org".to_owned(),
-        body: Body::EightBitMime,
-        smtputf8: false,
-        tls: true,
-    }
-}
-
-/// Deterministic, incompressible-looking bytes (xorshift).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn write_in_chunks(incoming: &mut dyn Incoming, message: &[u8], chunk: usize) {
-    for part in message.chunks(chunk.max(1)) {
-        incoming.write(part).unwrap();
-    }
-}
-
-fn store(spool: &dyn Spool, envelope: &Envelope, message: &[u8]) -> QueueId {
-    let mut incoming = spool.begin(envelope).unwrap();
-    write_in_chunks(incoming.as_mut(), message, 256 * 1024);
-    incoming.commit().unwrap()
-}
-
-fn open(dir: &TestDir) -> (FsSpool, Recovery) {
-    FsSpool::open(dir.path()).unwrap()
-}
-
-fn recovery(recovered: usize, discarded_partial: usize, corrupt: usize) -> Recovery {
-    Recovery {
-        recovered,
-        discarded_partial,
-        corrupt,
-    }
-}
 
 const SMALL: &[u8] = b"Received: from mail.example.org\r\n\tby backup.example.net; Fri, 1 May 2026 12:00:00 +0000\r\nSubject: caf\xc3\xa9 \xe9\xff\x80\r\n\r\nbare\nLF, bare\rCR, NUL \0, 8-bit \xfe\xfd\r\n.\r\n";
 
@@ -170,6 +71,12 @@ fn round_trip_keeps_bytes_exactly() {
     assert_eq!(listed[1].envelope, long_env);
     assert_eq!(listed[1].size, long.len() as u64);
     assert_eq!(listed[2].size, 0);
+    assert!(
+        listed
+            .iter()
+            .all(|e| e.state == DeliveryState::new(&e.envelope)),
+        "nothing saved yet: every state is new"
+    );
 
     let (env, bytes) = spool.read(&small_id).unwrap();
     assert_eq!(env, small_env);
@@ -218,7 +125,7 @@ fn file_format_is_as_documented() {
     let id = store(&spool, &env, SMALL);
 
     let raw = fs::read(dir.path().join("queue").join(id.as_str())).unwrap();
-    let rest = raw.strip_prefix(b"mxguard-spool 1\n").expect("magic line");
+    let rest = raw.strip_prefix(b"mxguard-spool 2\n").expect("magic line");
     let newline = rest.iter().position(|&b| b == b'\n').unwrap();
     let (json, message) = (&rest[..newline], &rest[newline + 1..]);
     assert_eq!(message, SMALL);
@@ -235,6 +142,7 @@ fn file_format_is_as_documented() {
             "body": "eight-bit-mime",
             "smtputf8": false,
             "tls": true,
+            "spf": null,
         })
     );
 }
@@ -257,7 +165,7 @@ fn reopen_recovers_committed_discards_partial_and_moves_corrupt_aside() {
     let bad_magic = QueueId::new();
     fs::write(queue.join(bad_magic.as_str()), b"From nobody\r\nhello\r\n").unwrap();
     let newer = QueueId::new();
-    fs::write(queue.join(newer.as_str()), b"mxguard-spool 2\n{}\nx").unwrap();
+    fs::write(queue.join(newer.as_str()), b"mxguard-spool 3\n{}\nx").unwrap();
     let bad_json = QueueId::new();
     fs::write(
         queue.join(bad_json.as_str()),
@@ -543,7 +451,7 @@ fn fault_crash_after_leaves_the_partial_file_and_recovery_discards_it() {
     // The partial file holds the header and exactly the first 1000 bytes.
     assert_eq!(dir.counts(), (1, 1, 0));
     let partial = fs::read(dir.path().join("tmp").join(env.id.as_str())).unwrap();
-    assert!(partial.starts_with(b"mxguard-spool 1\n"));
+    assert!(partial.starts_with(b"mxguard-spool 2\n"));
     assert!(partial.ends_with(&message[..1000]));
 
     // The crashed spool does nothing more.

@@ -174,6 +174,7 @@ pub struct Callout {
     own: Vec<SocketAddr>,
     /// The port MX hosts are reached on.
     mx_port: u16,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn unix_now() -> u64 {
@@ -193,6 +194,7 @@ impl Callout {
         dir: &Path,
         own: Vec<SocketAddr>,
         mx_port: u16,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Callout {
         let path = dir.join("callout-cache.json");
         let entries = match std::fs::read(&path) {
@@ -227,6 +229,7 @@ impl Callout {
             dirty: tokio::sync::Notify::new(),
             own,
             mx_port,
+            metrics,
         }
     }
 
@@ -242,6 +245,7 @@ impl Callout {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             judge(entries.get(address), now, &self.cfg)
         };
+        self.metrics.callout(matches!(state, Cached::Fresh(_)));
         let stale = match state {
             Cached::Fresh(e) => return cached_verdict(&e),
             Cached::Stale(e) => Some(e),

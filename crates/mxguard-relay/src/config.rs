@@ -29,6 +29,8 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub callout: CalloutConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
     /// The domains this relay backs up. None: no mail is accepted.
     #[serde(default)]
     pub domains: Vec<DomainConfig>,
@@ -146,6 +148,88 @@ impl Default for CalloutConfig {
     }
 }
 
+/// Forwarding to the primary: retry schedule, lifetime, notices, limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Waits between attempts; the last one repeats.
+    #[serde(with = "human_list")]
+    pub retry: Vec<Duration>,
+    /// Each wait is moved by up to this fraction, either way, so that many
+    /// messages deferred together do not come back together.
+    pub jitter: f64,
+    /// How long a message is kept before it is returned (default 7 days:
+    /// longer than the 4–5 days common senders keep trying themselves).
+    #[serde(with = "human")]
+    pub lifetime: Duration,
+    /// When a delay notice goes to the sender (if `dsn` allows).
+    #[serde(with = "human")]
+    pub warn_after: Duration,
+    /// Who gets delivery status notifications.
+    pub dsn: DsnPolicy,
+    /// While a primary is down, how often to see whether it is back.
+    #[serde(with = "human")]
+    pub probe_interval: Duration,
+    /// Deliveries in progress at once, in all.
+    pub concurrency: usize,
+    /// Connections to one destination at once.
+    pub destination_concurrency: usize,
+    /// Messages per second started towards one destination (0: no limit),
+    /// so that a primary that just came back is not flooded.
+    pub destination_rate: f64,
+    /// The longest wait for a connection, a reply, and the end of DATA.
+    #[serde(with = "human")]
+    pub connect_timeout: Duration,
+    #[serde(with = "human")]
+    pub command_timeout: Duration,
+    #[serde(with = "human")]
+    pub data_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        DeliveryConfig {
+            retry: vec![m(1), m(5), m(15), m(30), m(60)],
+            jitter: 0.1,
+            lifetime: Duration::from_secs(7 * DAY),
+            warn_after: Duration::from_secs(4 * 3600),
+            dsn: DsnPolicy::Authenticated,
+            probe_interval: Duration::from_secs(5),
+            concurrency: 50,
+            destination_concurrency: 10,
+            destination_rate: 50.0,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Who may receive delivery status notifications from the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DsnPolicy {
+    /// Only senders whose MAIL FROM domain passed SPF at ingress: a forged
+    /// sender never receives backscatter.
+    Authenticated,
+    /// Every sender but the null sender.
+    Always,
+    /// Nobody.
+    Never,
+}
+
+/// TLS towards the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsPolicy {
+    /// STARTTLS when offered; plain text otherwise.
+    #[default]
+    Opportunistic,
+    /// STARTTLS or no delivery (deferred).
+    Required,
+}
+
 /// How recipients are validated for a domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -166,10 +250,30 @@ pub struct DomainConfig {
     #[serde(default = "callout")]
     pub recipients: Spanned<RecipientMode>,
     pub recipient_list: Option<Spanned<PathBuf>>,
+    /// STARTTLS when forwarding to the primary.
+    #[serde(default)]
+    pub tls: TlsPolicy,
 }
 
 fn callout() -> Spanned<RecipientMode> {
     Spanned::new(0..0, RecipientMode::Callout)
+}
+
+mod human_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .iter()
+            .map(|t| {
+                humantime::parse_duration(t)
+                    .map_err(|e| serde::de::Error::custom(format!("{t:?} is not a duration ({e})")))
+            })
+            .collect()
+    }
 }
 
 mod human {
@@ -369,6 +473,49 @@ impl Config {
                 0..0,
                 "callout".into(),
                 "a refresh time must not exceed its expiry time".into(),
+            );
+        }
+        let d = &self.delivery;
+        if d.retry.is_empty() || d.retry.iter().any(|r| r.is_zero()) {
+            push(
+                0..0,
+                "delivery.retry".into(),
+                "give at least one wait, none of them zero".into(),
+            );
+        }
+        if !(0.0..=0.5).contains(&d.jitter) {
+            push(
+                0..0,
+                "delivery.jitter".into(),
+                "must be between 0 and 0.5".into(),
+            );
+        }
+        if d.warn_after >= d.lifetime {
+            push(
+                0..0,
+                "delivery.warn_after".into(),
+                "must be shorter than delivery.lifetime".into(),
+            );
+        }
+        if d.concurrency == 0 || d.destination_concurrency == 0 {
+            push(
+                0..0,
+                "delivery.concurrency".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if !(d.destination_rate >= 0.0 && d.destination_rate.is_finite()) {
+            push(
+                0..0,
+                "delivery.destination_rate".into(),
+                "must be a number of messages per second, 0 for no limit".into(),
+            );
+        }
+        if d.probe_interval.is_zero() {
+            push(
+                0..0,
+                "delivery.probe_interval".into(),
+                "must not be zero".into(),
             );
         }
         let mut seen = std::collections::HashSet::new();

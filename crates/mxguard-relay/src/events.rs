@@ -70,6 +70,16 @@ pub enum MailEvent {
         size: u64,
         tls: bool,
     },
+    /// One delivery attempt for one recipient.
+    Delivery {
+        queue_id: String,
+        rcpt: String,
+        /// `delivered`, `deferred`, `bounced` or `expired`.
+        outcome: &'static str,
+        host: Option<String>,
+        reply: String,
+        attempt: u32,
+    },
     /// The session ended.
     Disconnect {
         client: SocketAddr,
@@ -151,6 +161,23 @@ fn log(event: &MailEvent) {
             rcpts = %rcpts.iter().map(|r| angle(r)).collect::<Vec<_>>().join(","),
             size,
             tls,
+        ),
+        MailEvent::Delivery {
+            queue_id,
+            rcpt,
+            outcome,
+            host,
+            reply,
+            attempt,
+        } => tracing::info!(
+            target: "mxguard::mail",
+            event = "delivery",
+            queue_id = %queue_id,
+            rcpt = %angle(rcpt),
+            outcome = *outcome,
+            host = %host.as_deref().unwrap_or(""),
+            attempt,
+            reply = %reply,
         ),
         MailEvent::Disconnect {
             client,

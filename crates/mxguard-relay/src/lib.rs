@@ -11,14 +11,19 @@
 //! primary is the next step (issue 5).
 
 pub mod address;
+pub mod admin;
 pub mod callout;
 pub mod config;
 pub mod data;
+pub mod delivery;
+pub mod dsn;
 pub mod events;
 pub mod list;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod session;
+pub mod spf;
 
 pub use config::{Config, ConfigError, Problem, RecipientMode};
 pub use events::{Events, MailEvent, Stage};

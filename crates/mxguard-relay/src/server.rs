@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::callout::{Callout, Lookup, Primary};
 use crate::config::{Config, RecipientMode};
+use crate::delivery::{Delivery, DeliveryParts, Route};
 use crate::events::{Events, MailEvent};
 use crate::list::RecipientList;
 use crate::policy::{Policy, Validation};
@@ -113,21 +114,52 @@ pub struct Options {
     pub events: Arc<Events>,
     /// The port MX hosts listen on: 25, except in a lab.
     pub mx_port: u16,
+    /// SPF at ingress (absent: senders are never authenticated, and with
+    /// `dsn = "authenticated"` get no notices).
+    pub spf: Option<Arc<dyn crate::spf::SpfCheck>>,
+}
+
+impl Options {
+    /// Everything from outside, with the relay's real defaults.
+    pub fn new(lookup: Arc<dyn Lookup>, spool: Arc<dyn Spool>) -> Options {
+        Options {
+            lookup,
+            spool,
+            events: Arc::new(Events::new()),
+            mx_port: 25,
+            spf: None,
+        }
+    }
 }
 
 /// A started relay.
 #[derive(Debug)]
 pub struct Running {
     smtp_addrs: Vec<SocketAddr>,
+    admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     shared: Arc<Shared>,
+    delivery: Arc<Delivery>,
 }
 
 impl Running {
     /// The addresses actually bound (ports resolved when 0 was asked for).
     pub fn smtp_addrs(&self) -> &[SocketAddr] {
         &self.smtp_addrs
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.shared.metrics
     }
 
     pub fn events(&self) -> &Arc<Events> {
@@ -193,6 +225,7 @@ pub fn shared(
     own: Vec<SocketAddr>,
 ) -> Arc<Shared> {
     let hostname = config.hostname.get_ref().trim_end_matches('.').to_owned();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let callout = Arc::new(Callout::new(
         config.callout.clone(),
         hostname.clone(),
@@ -200,6 +233,7 @@ pub fn shared(
         &config.spool.path,
         own,
         options.mx_port,
+        metrics.clone(),
     ));
     let settings = Settings {
         hostname,
@@ -216,7 +250,36 @@ pub fn shared(
         spool: options.spool.clone(),
         events: options.events.clone(),
         tls,
+        metrics,
+        delivery: None,
+        // SPF only decides who may get notices; without that policy it
+        // would cost every sender a DNS round trip for nothing.
+        spf: match config.delivery.dsn {
+            crate::config::DsnPolicy::Authenticated => options.spf.clone(),
+            crate::config::DsnPolicy::Always | crate::config::DsnPolicy::Never => None,
+        },
     })
+}
+
+/// Where each configured domain's mail goes.
+pub fn routes(config: &Config) -> HashMap<String, Route> {
+    config
+        .domains
+        .iter()
+        .map(|d| {
+            let primary = match &d.primary {
+                Some(p) => Primary::parse(p.get_ref()),
+                None => Primary::Mx,
+            };
+            (
+                d.domain(),
+                Route::Backed {
+                    primary,
+                    tls: d.tls,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Bind the listeners and start serving.
@@ -237,8 +300,44 @@ pub async fn start(prepared: Prepared, options: Options) -> Result<Running, Star
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
-    let shared = shared(&config, tls, validations, &options, smtp_addrs.clone());
+    let admin_addr: SocketAddr = config
+        .admin
+        .listen
+        .get_ref()
+        .parse()
+        .map_err(|_| StartError::Setup("admin.listen is not IP:PORT".into()))?;
+    let admin_listener =
+        TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: admin_addr,
+                source,
+            })?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
+    let mut base = shared(&config, tls, validations, &options, smtp_addrs.clone());
+    let delivery = Delivery::new(DeliveryParts {
+        spool: options.spool.clone(),
+        cfg: config.delivery.clone(),
+        routes: routes(&config),
+        lookup: options.lookup.clone(),
+        helo: base.settings.hostname.clone(),
+        mx_port: options.mx_port,
+        own: smtp_addrs.clone(),
+        events: options.events.clone(),
+        metrics: base.metrics.clone(),
+    });
+    let queued = delivery
+        .load()
+        .map_err(|e| StartError::Setup(format!("reading the spool: {e}")))?;
+    Arc::get_mut(&mut base).expect("not shared yet").delivery = Some(delivery.clone());
+    let shared = base;
     let callout = shared.policy.callout().clone();
+    let (token, token_path) = crate::admin::write_token(&config.spool.path).map_err(|e| {
+        StartError::Setup(format!(
+            "writing {}: {e}",
+            config.spool.path.join(crate::admin::TOKEN_FILE).display()
+        ))
+    })?;
     let (stop, stop_rx) = watch::channel(false);
     let counts = Arc::new(Mutex::new(Counts::default()));
     let mut tasks = JoinSet::new();
@@ -252,6 +351,39 @@ pub async fn start(prepared: Prepared, options: Options) -> Result<Running, Star
             }
         });
     }
+    {
+        let delivery = delivery.clone();
+        let mut stop_rx = stop_rx.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = delivery.run() => {}
+                _ = stop_rx.wait_for(|s| *s) => {}
+            }
+        });
+    }
+    {
+        let app = crate::admin::router(
+            token,
+            options.spool.clone(),
+            delivery.clone(),
+            shared.metrics.clone(),
+        );
+        let mut stop_rx = stop_rx.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(admin_listener, app).with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    tracing::info!(
+        admin = %admin_addr,
+        token = %token_path.display(),
+        queued,
+        "admin listener and queue runner started"
+    );
     let limits = (
         config.smtp.max_connections,
         config.smtp.max_connections_per_client,
@@ -267,9 +399,11 @@ pub async fn start(prepared: Prepared, options: Options) -> Result<Running, Star
     }
     Ok(Running {
         smtp_addrs,
+        admin_addr,
         stop,
         tasks,
         shared,
+        delivery,
     })
 }
 

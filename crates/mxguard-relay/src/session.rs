@@ -44,6 +44,11 @@ pub struct Shared {
     pub spool: Arc<dyn Spool>,
     pub events: Arc<Events>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Told of every accepted message (absent: accept and spool only).
+    pub delivery: Option<Arc<crate::delivery::Delivery>>,
+    /// SPF for the MAIL FROM domain (absent: not checked).
+    pub spf: Option<Arc<dyn crate::spf::SpfCheck>>,
 }
 
 /// Read sizes between commands and during DATA.
@@ -182,8 +187,19 @@ impl Wire {
     }
 }
 
+/// An SPF check running while the client sends its recipients; dropped
+/// with its transaction.
+struct SpfTask(tokio::task::JoinHandle<mxguard_queue::SpfResult>);
+
+impl Drop for SpfTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Transaction {
     from: String,
+    spf: Option<SpfTask>,
     body: Body,
     smtputf8: bool,
     rcpts: Vec<String>,
@@ -264,6 +280,7 @@ impl Session {
 
     fn reject(&mut self, stage: Stage, reason: &'static str, rcpt: Option<String>, reply: &str) {
         self.wire.reply(reply);
+        self.shared.metrics.rejected(reason);
         self.shared.events.emit(MailEvent::Rejected {
             client: self.peer,
             stage,
@@ -370,7 +387,7 @@ impl Session {
         match request {
             Request::Ehlo { host } => Ok(self.hello(host, true)),
             Request::Helo { host } => Ok(self.hello(host, false)),
-            Request::Mail { from } => Ok(self.mail(from)),
+            Request::Mail { from } => Ok(self.mail(from).await),
             Request::Rcpt { to } => Ok(self.rcpt(to).await),
             Request::Data => self.data().await,
             Request::Rset => {
@@ -451,7 +468,7 @@ impl Session {
         true
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> bool {
+    async fn mail(&mut self, from: smtp_proto::MailFrom<String>) -> bool {
         if self.helo.is_none() {
             self.wire.reply("503 5.5.1 Error: send EHLO or HELO first");
             return false;
@@ -497,7 +514,18 @@ impl Session {
                 .reply("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter (RFC 6531)");
             return false;
         }
+        let spf = match (&self.shared.spf, from.address.is_empty()) {
+            (Some(check), false) => {
+                let (check, ip) = (check.clone(), self.peer.ip());
+                let (helo, sender) = (self.helo.clone().unwrap_or_default(), from.address.clone());
+                Some(SpfTask(tokio::spawn(async move {
+                    check.check(ip, &helo, &sender).await
+                })))
+            }
+            _ => None,
+        };
         self.tx = Some(Transaction {
+            spf,
             from: from.address,
             body: if from.flags & MAIL_BODY_8BITMIME != 0 {
                 Body::EightBitMime
@@ -632,7 +660,7 @@ impl Session {
     }
 
     async fn data(&mut self) -> Result<bool, End> {
-        let Some(tx) = self.tx.as_ref() else {
+        let Some(tx) = self.tx.as_mut() else {
             self.wire.reply("503 5.5.1 Error: need MAIL command");
             return Ok(false);
         };
@@ -640,6 +668,17 @@ impl Session {
             self.wire.reply("554 5.5.1 Error: no valid recipients");
             return Ok(false);
         }
+        let spf = match tx.spf.as_mut() {
+            Some(task) => Some(
+                (&mut task.0)
+                    .await
+                    .unwrap_or(mxguard_queue::SpfResult::TempError),
+            ),
+            None => None,
+        };
+        let Some(tx) = self.tx.as_ref() else {
+            return Ok(false);
+        };
         let envelope = Envelope {
             id: QueueId::new(),
             received_at: SystemTime::now(),
@@ -650,6 +689,7 @@ impl Session {
             body: tx.body,
             smtputf8: tx.smtputf8,
             tls: self.tls.is_some(),
+            spf,
         };
         let header = self.received_header(&envelope.id, tx);
         let spool = self.shared.spool.clone();
@@ -709,7 +749,7 @@ impl Session {
                     Ok((back, Ok(id))) => {
                         incoming = back;
                         if let Some(id) = id {
-                            return self.accepted(id, receiver.size()).map(|_| true);
+                            return self.accepted(id, receiver.size(), &envelope).map(|_| true);
                         }
                     }
                     Ok((_, Err(e))) => spool_error = Some(e),
@@ -751,9 +791,13 @@ impl Session {
         Ok(true)
     }
 
-    fn accepted(&mut self, id: QueueId, size: u64) -> Result<(), End> {
+    fn accepted(&mut self, id: QueueId, size: u64, envelope: &Envelope) -> Result<(), End> {
         let tx = self.tx.take().expect("a transaction during DATA");
         self.messages += 1;
+        self.shared.metrics.accepted();
+        if let Some(d) = &self.shared.delivery {
+            d.enqueue(envelope);
+        }
         self.wire.reply(&format!("250 2.0.0 Ok: queued as {id}"));
         self.shared.events.emit(MailEvent::Accepted {
             client: self.peer,

@@ -37,6 +37,7 @@ async fn session_with(smtp_extra: &str) -> Pipe {
         spool: Arc::new(spool),
         events,
         mx_port: 25,
+        spf: None,
     };
     let prepared = mxguard_relay::prepare(config).unwrap();
     let validations: HashMap<String, Validation> = prepared.validations;

@@ -66,7 +66,6 @@ pub struct StartTlsOutcome {
 
 /// Why a conversation could not go on.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum SmtpError {
     /// Nothing listens there (TCP RST).
     #[error("connection refused")]
@@ -270,8 +269,66 @@ impl Connection {
         })
     }
 
+    /// Send a message's text after a 354 to DATA: dot-stuffed (RFC 5321
+    /// §4.5.2), CRLF-terminated, then the final `.`; and read the reply,
+    /// waiting up to `limit` for it (RFC 5321 §4.5.3.2.6 suggests 10
+    /// minutes). The text goes to the transcript as one event, not verbatim.
+    pub async fn send_message(
+        &mut self,
+        message: &[u8],
+        limit: Duration,
+    ) -> Result<Reply, SmtpError> {
+        let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 8);
+        let mut at_line_start = true;
+        for &b in message {
+            if at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            at_line_start = b == b'\n';
+        }
+        if !out.is_empty() && !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        self.transcript.push(
+            Direction::Event,
+            format!("message text sent ({} octets)", message.len()),
+        );
+        let (until, by_deadline) = self.cfg.wait_until(limit);
+        let wire = self.wire()?;
+        let write = async {
+            wire.write_all(&out).await?;
+            wire.flush().await
+        };
+        match tokio::time::timeout_at(until, write).await {
+            Ok(r) => r?,
+            Err(_) if by_deadline => {
+                return Err(SmtpError::Deadline {
+                    waiting_for: "the message text to be taken".into(),
+                });
+            }
+            Err(_) => {
+                return Err(SmtpError::Timeout {
+                    waiting_for: "the message text to be taken".into(),
+                    after: limit,
+                });
+            }
+        }
+        self.read_reply_within("the end of DATA", limit).await
+    }
+
     async fn read_reply(&mut self, waiting_for: &str) -> Result<Reply, SmtpError> {
-        let (deadline, by_deadline) = self.cfg.wait_until(self.cfg.command_timeout);
+        self.read_reply_within(waiting_for, self.cfg.command_timeout)
+            .await
+    }
+
+    async fn read_reply_within(
+        &mut self,
+        waiting_for: &str,
+        limit: Duration,
+    ) -> Result<Reply, SmtpError> {
+        let (deadline, by_deadline) = self.cfg.wait_until(limit);
         loop {
             match parse_reply(&self.buf) {
                 Ok((reply, used)) => {
@@ -306,13 +363,11 @@ impl Connection {
                     });
                 }
                 Err(_) => {
-                    self.transcript.push(
-                        Direction::Event,
-                        format!("no reply within {:?}", self.cfg.command_timeout),
-                    );
+                    self.transcript
+                        .push(Direction::Event, format!("no reply within {limit:?}"));
                     return Err(SmtpError::Timeout {
                         waiting_for: waiting_for.to_owned(),
-                        after: self.cfg.command_timeout,
+                        after: limit,
                     });
                 }
                 Ok(Ok(0)) => {

@@ -37,7 +37,9 @@ pub struct TlsSession {
 /// that judgement; the verdict is kept for the report.
 #[derive(Debug)]
 pub(crate) struct RecordingVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+    /// None when no roots are given: nothing can be trusted, and the
+    /// handshake still goes on (opportunistic TLS, RFC 7435).
+    inner: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
     pub(crate) verdict: Mutex<Option<CertVerdict>>,
 }
@@ -47,9 +49,15 @@ impl RecordingVerifier {
         roots: Arc<RootCertStore>,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, String> {
-        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-            .build()
-            .map_err(|e| format!("certificate verifier: {e}"))?;
+        let inner = if roots.is_empty() {
+            None
+        } else {
+            Some(
+                WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|e| format!("certificate verifier: {e}"))?,
+            )
+        };
         Ok(RecordingVerifier {
             inner,
             provider,
@@ -96,13 +104,17 @@ impl ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let result = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
+        let Some(inner) = &self.inner else {
+            if let Ok(mut slot) = self.verdict.lock() {
+                *slot = Some(CertVerdict {
+                    trusted: false,
+                    problem: Some("not judged: no trusted roots are configured".into()),
+                });
+            }
+            return Ok(ServerCertVerified::assertion());
+        };
+        let result =
+            inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
         let verdict = match &result {
             Ok(_) => CertVerdict {
                 trusted: true,

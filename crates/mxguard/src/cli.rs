@@ -23,6 +23,46 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the backup MX: accept mail for the configured domains, safely.
     Relay(RelayArgs),
+    /// Look at and steer the relay's queue.
+    Queue(QueueArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    /// The relay's configuration: commands go to its admin listener.
+    #[arg(long, value_name = "FILE", conflicts_with = "spool")]
+    pub config: Option<PathBuf>,
+    /// Read a spool directory directly (`list` and `show` only; works with
+    /// the relay stopped).
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: QueueFormat,
+    #[command(subcommand)]
+    pub action: QueueAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum QueueAction {
+    /// Every queued message, oldest first.
+    List,
+    /// One message: envelope, per-recipient status, headers.
+    Show { id: String },
+    /// Try now: one message, or all of them.
+    Flush { id: Option<String> },
+    /// Stop delivery attempts for a message until released.
+    Hold { id: String },
+    /// Let a held message be delivered again (at once).
+    Release { id: String },
+    /// Remove a message from the queue without any notice.
+    Delete { id: String },
 }
 
 #[derive(Debug, clap::Args)]

@@ -9,6 +9,7 @@ mod check;
 mod cli;
 mod demo;
 mod output;
+mod queue;
 mod relay;
 mod render;
 
@@ -92,6 +93,7 @@ fn main() -> ExitCode {
             }
             cli::Command::Demo(args) => demo::run(args).await,
             cli::Command::Relay(args) => relay::run(args).await,
+            cli::Command::Queue(args) => queue::run(args).await,
         }
     });
     match result {

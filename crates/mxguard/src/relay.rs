@@ -93,11 +93,21 @@ pub async fn run(args: RelayArgs) -> Result<Exit, Failure> {
     };
     let resolver = HickoryResolver::new(&spec, Duration::from_secs(10))
         .map_err(|e| Failure::Usage(format!("DNS resolver: {e}")))?;
+    let spf_server = match &spec {
+        ResolverSpec::Server(addr) => Some(*addr),
+        ResolverSpec::System => None,
+    };
+    let spf = mxguard_relay::spf::MailAuthSpf::new(
+        spf_server,
+        prepared.config.hostname.get_ref().clone(),
+    )
+    .map_err(Failure::Usage)?;
     let options = Options {
         lookup: Arc::new(ResolverLookup(resolver)),
         spool: Arc::new(spool),
         events: Arc::new(Events::new()),
         mx_port: 25,
+        spf: Some(Arc::new(spf)),
     };
     let running = match mxguard_relay::start(prepared, options).await {
         Ok(r) => r,

@@ -93,7 +93,7 @@ pub struct Relay {
 pub fn config_text(dir: &Path, smtp_extra: &str, body: &str) -> String {
     format!(
         "hostname = \"backup.example.net\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n{smtp_extra}\n\
-         [spool]\npath = \"{}\"\n{body}\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\n[spool]\npath = \"{}\"\n{body}\n",
         dir.join("spool").display()
     )
 }
@@ -129,6 +129,18 @@ impl Relay {
         dns: FakeDns,
         mx_port: u16,
     ) -> Relay {
+        Relay::start_spf(dir, smtp_extra, body, crash, dns, mx_port, None).await
+    }
+
+    pub async fn start_spf(
+        dir: Scratch,
+        smtp_extra: &str,
+        body: &str,
+        crash: bool,
+        dns: FakeDns,
+        mx_port: u16,
+        spf: Option<Arc<dyn mxguard_relay::spf::SpfCheck>>,
+    ) -> Relay {
         let text = config_text(dir.path(), smtp_extra, body);
         let config = Config::parse(&text, Some(dir.path()))
             .unwrap_or_else(|e| panic!("config:\n{text}\n{e}"));
@@ -151,6 +163,7 @@ impl Relay {
                 spool: spool.clone(),
                 events,
                 mx_port,
+                spf,
             },
         )
         .await
