@@ -197,6 +197,37 @@ impl FsSpool {
         ))
     }
 
+    /// The entries of the spool at `path`, read without changing anything:
+    /// no recovery, nothing created, moved or removed. Safe while a relay
+    /// is using the spool (`mxguard queue --spool DIR list`); an entry
+    /// being committed or removed at that moment may or may not be listed.
+    pub fn inspect(path: &Path) -> Result<Vec<Entry>, SpoolError> {
+        let root = path.to_path_buf();
+        let queue = root.join("queue");
+        let state = root.join("state");
+        if !queue.is_dir() {
+            return Err(SpoolError::io(
+                format!("{} is not a spool (no queue/ directory)", root.display()),
+                io::Error::from(io::ErrorKind::NotFound),
+            ));
+        }
+        let queue_sync = open_dir_sync(&queue)?;
+        let state_sync = open_dir_sync(&state)?;
+        let spool = FsSpool {
+            shared: Arc::new(Shared {
+                tmp: root.join("tmp"),
+                root,
+                queue,
+                queue_sync,
+                state,
+                state_sync,
+                next_state_temp: AtomicU64::new(0),
+            }),
+            state_recovery: StateRecovery::default(),
+        };
+        spool.list()
+    }
+
     /// What [`FsSpool::open`] found about delivery states: orphans removed,
     /// corrupt ones moved aside, unfinished saves discarded.
     pub fn state_recovery(&self) -> StateRecovery {

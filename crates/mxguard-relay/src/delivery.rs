@@ -185,13 +185,16 @@ struct Gate {
 pub struct Delivery {
     spool: Arc<dyn Spool>,
     cfg: DeliveryConfig,
-    routes: HashMap<String, Route>,
+    routes: std::sync::RwLock<HashMap<String, Route>>,
     lookup: Arc<dyn Lookup>,
     helo: String,
     mx_port: u16,
     own: Vec<SocketAddr>,
     events: Arc<Events>,
     metrics: Arc<Metrics>,
+    /// Attempts in progress, for a shutdown that lets them finish.
+    inflight: std::sync::atomic::AtomicUsize,
+    idle: Notify,
     sched: Mutex<Sched>,
     gates: Mutex<HashMap<String, Arc<Gate>>>,
     wake: Notify,
@@ -229,7 +232,9 @@ impl Delivery {
         Arc::new(Delivery {
             spool: p.spool,
             cfg: p.cfg,
-            routes: p.routes,
+            routes: std::sync::RwLock::new(p.routes),
+            inflight: std::sync::atomic::AtomicUsize::new(0),
+            idle: Notify::new(),
             lookup: p.lookup,
             helo: p.helo,
             mx_port: p.mx_port,
@@ -343,13 +348,28 @@ impl Delivery {
         Ok(true)
     }
 
-    /// Remove `id` from the queue for good (no notice is sent).
+    /// Remove `id` from the queue for good (no notice is sent). Blocking:
+    /// an attempt in progress is waited for (up to 30 s) first.
     pub fn delete(&self, id: &QueueId) -> Result<bool, mxguard_queue::SpoolError> {
-        if lock(&self.sched).running.contains(id) {
-            return Err(mxguard_queue::SpoolError::Io {
-                context: format!("{id} is being delivered right now; try again in a moment"),
-                source: std::io::Error::other("busy"),
-            });
+        let start = Instant::now();
+        loop {
+            {
+                let mut s = lock(&self.sched);
+                if !s.running.contains(id) {
+                    // Not picked again while we remove it.
+                    if let Some(old) = s.when.remove(id) {
+                        s.due.remove(&(old, id.clone()));
+                    }
+                    break;
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(mxguard_queue::SpoolError::Io {
+                    context: format!("{id} is still being delivered; try again"),
+                    source: std::io::Error::other("busy"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         match self.spool.remove(id) {
             Ok(()) => {}
@@ -367,6 +387,28 @@ impl Delivery {
         s.domains.remove(id);
         drop(s);
         self.refresh_gauges();
+    }
+
+    /// New routes after a reload; messages already queued follow them
+    /// from their next attempt.
+    pub fn set_routes(&self, routes: HashMap<String, Route>) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
+    }
+
+    /// Wait until no attempt is in progress, or `grace` has passed; true if
+    /// none is left. (Call after the runner has stopped picking new ones.)
+    pub async fn drain(&self, grace: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let end = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.idle.notified();
+            if self.inflight.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(end, idle).await.is_err() {
+                return self.inflight.load(Ordering::SeqCst) == 0;
+            }
+        }
     }
 
     /// Destinations now marked down.
@@ -412,10 +454,15 @@ impl Delivery {
                     Err(_) => return,
                 };
                 let me = self.clone();
+                self.inflight
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _permit = permit;
                     me.attempt(&id).await;
                     lock(&me.sched).running.remove(&id);
+                    me.inflight
+                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    me.idle.notify_waiters();
                     me.wake.notify_one();
                 });
             }
@@ -494,7 +541,12 @@ impl Delivery {
     }
 
     fn route(&self, domain: &str) -> Route {
-        self.routes.get(domain).cloned().unwrap_or(Route::Foreign)
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+            .cloned()
+            .unwrap_or(Route::Foreign)
     }
 
     /// The addresses to deliver `domain`'s mail to, in order.

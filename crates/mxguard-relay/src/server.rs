@@ -140,13 +140,62 @@ pub struct Running {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     shared: Arc<Shared>,
+    /// What new sessions start with; replaced by a reload.
+    current: watch::Sender<Arc<Shared>>,
     delivery: Arc<Delivery>,
+    listen: Vec<SocketAddr>,
 }
 
 impl Running {
     /// The addresses actually bound (ports resolved when 0 was asked for).
     pub fn smtp_addrs(&self) -> &[SocketAddr] {
         &self.smtp_addrs
+    }
+
+    /// Take a new configuration (SIGHUP): domains, recipient validation,
+    /// lists, limits, timeouts, TLS certificate and routes apply to new
+    /// sessions and next delivery attempts; sessions in progress keep what
+    /// they started with. The callout cache is kept. Listen addresses, the
+    /// spool, the admin listener and `[delivery]` need a restart; a change
+    /// there is reported and otherwise ignored.
+    pub fn reload(&self, prepared: Prepared) -> Vec<String> {
+        let Prepared {
+            config,
+            tls,
+            validations,
+        } = prepared;
+        let mut ignored = Vec::new();
+        if config.listen_addrs() != self.listen {
+            ignored.push("smtp.listen (restart to change it)".to_owned());
+        }
+        if config.spool.path != *self.shared.spool_path() {
+            ignored.push("spool.path (restart to change it)".to_owned());
+        }
+        let old = self.current.borrow().clone();
+        let settings = Settings {
+            hostname: config.hostname.get_ref().trim_end_matches('.').to_owned(),
+            max_message_size: config.smtp.max_message_size,
+            max_recipients: config.smtp.max_recipients,
+            max_line: config.smtp.max_line_length,
+            command_timeout: config.smtp.command_timeout,
+            data_timeout: config.smtp.data_timeout,
+            max_errors: config.smtp.max_errors,
+        };
+        let next = Arc::new(Shared {
+            settings,
+            policy: Policy::new(validations, old.policy.callout().clone()),
+            spool: old.spool.clone(),
+            events: old.events.clone(),
+            tls,
+            metrics: old.metrics.clone(),
+            delivery: old.delivery.clone(),
+            spf: old.spf.clone(),
+            stopping: old.stopping.clone(),
+            spool_path: old.spool_path.clone(),
+        });
+        self.delivery.set_routes(routes(&config));
+        let _ = self.current.send(next);
+        ignored
     }
 
     /// The admin listener's address.
@@ -173,11 +222,21 @@ impl Running {
     /// Stop accepting, give sessions `grace` to finish, save the callout
     /// cache.
     pub async fn shutdown(mut self, grace: Duration) {
+        let end = tokio::time::Instant::now() + grace;
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(grace, async {
+        // Sessions finish what they are doing (idle ones are told 421 at
+        // once); the queue runner starts nothing new.
+        let _ = tokio::time::timeout_at(end, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
+        // Deliveries in progress are let finish: their outcome is saved.
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        if !self.delivery.drain(left).await {
+            tracing::warn!(
+                "deliveries still in progress at the end of the grace period; they will be retried"
+            );
+        }
         self.tasks.abort_all();
         let callout = self.shared.policy.callout().clone();
         match tokio::task::spawn_blocking(move || callout.save()).await {
@@ -223,6 +282,7 @@ pub fn shared(
     validations: HashMap<String, Validation>,
     options: &Options,
     own: Vec<SocketAddr>,
+    stopping: watch::Receiver<bool>,
 ) -> Arc<Shared> {
     let hostname = config.hostname.get_ref().trim_end_matches('.').to_owned();
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -258,6 +318,8 @@ pub fn shared(
             crate::config::DsnPolicy::Authenticated => options.spf.clone(),
             crate::config::DsnPolicy::Always | crate::config::DsnPolicy::Never => None,
         },
+        stopping,
+        spool_path: config.spool.path.clone(),
     })
 }
 
@@ -314,7 +376,15 @@ pub async fn start(prepared: Prepared, options: Options) -> Result<Running, Star
                 source,
             })?;
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
-    let mut base = shared(&config, tls, validations, &options, smtp_addrs.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let mut base = shared(
+        &config,
+        tls,
+        validations,
+        &options,
+        smtp_addrs.clone(),
+        stop_rx.clone(),
+    );
     let delivery = Delivery::new(DeliveryParts {
         spool: options.spool.clone(),
         cfg: config.delivery.clone(),
@@ -338,7 +408,6 @@ pub async fn start(prepared: Prepared, options: Options) -> Result<Running, Star
             config.spool.path.join(crate::admin::TOKEN_FILE).display()
         ))
     })?;
-    let (stop, stop_rx) = watch::channel(false);
     let counts = Arc::new(Mutex::new(Counts::default()));
     let mut tasks = JoinSet::new();
     {
@@ -388,28 +457,31 @@ pub async fn start(prepared: Prepared, options: Options) -> Result<Running, Star
         config.smtp.max_connections,
         config.smtp.max_connections_per_client,
     );
+    let (current, current_rx) = watch::channel(shared.clone());
     for listener in listeners {
-        let shared = shared.clone();
+        let current_rx = current_rx.clone();
         let counts = counts.clone();
         let stop_rx = stop_rx.clone();
-        tasks.spawn(accept_loop(listener, shared, counts, limits, stop_rx));
+        tasks.spawn(accept_loop(listener, current_rx, counts, limits, stop_rx));
     }
     for a in &smtp_addrs {
         tracing::info!(listen = %a, "relay listening");
     }
     Ok(Running {
+        listen: config.listen_addrs(),
         smtp_addrs,
         admin_addr,
         stop,
         tasks,
         shared,
+        current,
         delivery,
     })
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    current: watch::Receiver<Arc<Shared>>,
     counts: Arc<Mutex<Counts>>,
     (max_total, max_per_client): (usize, usize),
     mut stop: watch::Receiver<bool>,
@@ -421,6 +493,7 @@ async fn accept_loop(
             _ = stop.wait_for(|s| *s) => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
         };
+        let shared = current.borrow().clone();
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {

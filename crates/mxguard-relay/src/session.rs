@@ -49,6 +49,17 @@ pub struct Shared {
     pub delivery: Option<Arc<crate::delivery::Delivery>>,
     /// SPF for the MAIL FROM domain (absent: not checked).
     pub spf: Option<Arc<dyn crate::spf::SpfCheck>>,
+    /// Becomes true when the relay stops: sessions waiting for a command
+    /// are told so and closed (a message in progress is finished first).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Where the spool lives (for reload checks).
+    pub spool_path: std::path::PathBuf,
+}
+
+impl Shared {
+    pub fn spool_path(&self) -> &std::path::PathBuf {
+        &self.spool_path
+    }
 }
 
 /// Read sizes between commands and during DATA.
@@ -69,6 +80,7 @@ enum End {
     Injection,
     Io,
     SpoolCrashed,
+    Shutdown,
 }
 
 impl End {
@@ -82,6 +94,7 @@ impl End {
             End::Injection => Some("starttls-injection"),
             End::Io => Some("io-error"),
             End::SpoolCrashed => Some("spool-crashed"),
+            End::Shutdown => Some("shutdown"),
         }
     }
 }
@@ -258,6 +271,13 @@ pub async fn run(shared: Arc<Shared>, io: Box<dyn Io>, peer: SocketAddr) {
             ));
             let _ = s.wire.flush(Duration::from_secs(5).min(timeout)).await;
         }
+        End::Shutdown => {
+            let host = s.settings().hostname.clone();
+            s.wire.reply(&format!(
+                "421 4.3.2 {host} Service shutting down; try again later"
+            ));
+            let _ = s.wire.flush(Duration::from_secs(5).min(timeout)).await;
+        }
         End::TooManyErrors | End::Injection | End::Quit => {
             let _ = s.wire.flush(timeout).await;
         }
@@ -317,7 +337,20 @@ impl Session {
         self.wire.reply(&format!("220 {host} ESMTP mxguard relay"));
         loop {
             let (max, timeout) = (self.settings().max_line, self.settings().command_timeout);
-            let line = match self.wire.line(max, timeout).await? {
+            let mut stopping = self.shared.stopping.clone();
+            let next = tokio::select! {
+                l = self.wire.line(max, timeout) => l?,
+                _ = async {
+                    // A relay without a stop signal (its sender gone) never stops sessions.
+                    if stopping.wait_for(|s| *s).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => {
+                    self.wire.flush(timeout).await?;
+                    return Err(End::Shutdown);
+                }
+            };
+            let line = match next {
                 Line::TooLong => {
                     self.wire.reply(&format!(
                         "500 5.5.2 Line too long (the limit is {max} octets)"

@@ -562,3 +562,62 @@ async fn starttls_upgrades_and_refuses_injected_commands() {
     assert!(text.contains("(using TLSv1.3 with cipher TLS13_"), "{text}");
     assert!(text.contains("with ESMTPS id"), "{text}");
 }
+
+#[tokio::test]
+async fn shutdown_tells_idle_sessions_and_finishes_the_message_in_progress() {
+    let relay = list_relay("", "alice@example.com\n").await;
+    let mut idle = relay.client().await;
+    idle.cmd("EHLO client.example").await;
+    let mut busy = relay.client().await;
+    busy.cmd("EHLO client.example").await;
+    busy.cmd("MAIL FROM:<a@sender.example>").await;
+    busy.cmd("RCPT TO:<alice@example.com>").await;
+    assert_eq!(code(&busy.cmd("DATA").await), "354");
+    busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n").await;
+    let spool = relay.spool.clone();
+    let stopping = tokio::spawn(relay.stop());
+    let r = idle.reply().await;
+    assert!(
+        r.starts_with("421 4.3.2 backup.example.net Service shutting down"),
+        "{r}"
+    );
+    assert_eq!(idle.rest().await, "");
+    // The message being sent is finished and acknowledged…
+    busy.send(b"second half\r\n.\r\n").await;
+    let done = busy.reply().await;
+    assert!(done.starts_with("250 2.0.0"), "{done}");
+    // …and only then is the session closed.
+    assert!(busy.reply().await.starts_with("421 4.3.2"));
+    let _dir = stopping.await.unwrap();
+    assert_eq!(spool.list().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn reload_applies_new_domains_and_lists_to_new_sessions() {
+    let relay = list_relay("", "alice@example.com\n").await;
+    let mut c = relay.client().await;
+    c.cmd("EHLO client.example").await;
+    c.cmd("MAIL FROM:<a@sender.example>").await;
+    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.org>").await), "550");
+    let dir = relay.dir.path();
+    std::fs::write(dir.join("org.users"), "bob@example.org\n").unwrap();
+    let text = common::config_text(
+        dir,
+        "max_recipients = 150\n",
+        &format!(
+            "{LIST_DOMAIN}[[domains]]\nname = \"example.org\"\nrecipients = \"list\"\nrecipient_list = \"org.users\"\n"
+        ),
+    );
+    let config = mxguard_relay::Config::parse(&text, Some(dir)).unwrap();
+    let ignored = relay
+        .running
+        .as_ref()
+        .unwrap()
+        .reload(mxguard_relay::prepare(config).unwrap());
+    assert!(ignored.is_empty(), "{ignored:?}");
+    let mut c2 = relay.client().await;
+    c2.cmd("EHLO client.example").await;
+    c2.cmd("MAIL FROM:<a@sender.example>").await;
+    assert_eq!(code(&c2.cmd("RCPT TO:<bob@example.org>").await), "250");
+    assert_eq!(code(&c2.cmd("RCPT TO:<alice@example.com>").await), "250");
+}

@@ -41,8 +41,14 @@ async fn session_with(smtp_extra: &str) -> Pipe {
     };
     let prepared = mxguard_relay::prepare(config).unwrap();
     let validations: HashMap<String, Validation> = prepared.validations;
-    let shared =
-        mxguard_relay::server::shared(&prepared.config, None, validations, &options, vec![]);
+    let shared = mxguard_relay::server::shared(
+        &prepared.config,
+        None,
+        validations,
+        &options,
+        vec![],
+        tokio::sync::watch::channel(false).1,
+    );
     let (client, server) = tokio::io::duplex(64 * 1024);
     let task = tokio::spawn(session::run(
         shared,

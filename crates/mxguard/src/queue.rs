@@ -36,9 +36,7 @@ fn run_blocking(args: QueueArgs) -> Result<Exit, Failure> {
 }
 
 fn offline(dir: &Path, action: &QueueAction) -> Result<Value, Failure> {
-    use mxguard_queue::Spool;
-    let entries = mxguard_queue::FsSpool::open(dir)
-        .and_then(|(spool, _)| spool.list())
+    let entries = mxguard_queue::FsSpool::inspect(dir)
         .map_err(|e| Failure::Usage(format!("spool {}: {e}", dir.display())))?;
     let items: Vec<QueueItem> = entries
         .iter()
@@ -59,6 +57,17 @@ fn offline(dir: &Path, action: &QueueAction) -> Result<Value, Failure> {
 }
 
 fn online(file: &Path, action: &QueueAction) -> Result<Value, Failure> {
+    match action {
+        QueueAction::Show { id }
+        | QueueAction::Flush { id: Some(id) }
+        | QueueAction::Hold { id }
+        | QueueAction::Release { id }
+        | QueueAction::Delete { id } => {
+            id.parse::<mxguard_queue::QueueId>()
+                .map_err(|_| Failure::Usage(format!("{id:?} is not a queue id")))?;
+        }
+        QueueAction::List | QueueAction::Flush { id: None } => {}
+    }
     let config =
         Config::load(file).map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
     let addr = config.admin.listen.get_ref().clone();
@@ -93,10 +102,13 @@ fn online(file: &Path, action: &QueueAction) -> Result<Value, Failure> {
     let mut response = response
         .map_err(|e| Failure::Usage(format!("the relay's admin listener at {addr}: {e}")))?;
     let status = response.status();
-    let body: Value = response
-        .body_mut()
-        .read_json()
-        .map_err(|e| Failure::Usage(format!("the relay's answer: {e}")))?;
+    let body: Value = match response.body_mut().read_json() {
+        Ok(v) => v,
+        Err(_) if !status.is_success() => {
+            return Err(Failure::Usage(format!("the relay answered HTTP {status}")));
+        }
+        Err(e) => return Err(Failure::Usage(format!("the relay's answer: {e}"))),
+    };
     if !status.is_success() {
         let msg = body["error"].as_str().unwrap_or("error").to_owned();
         return Err(Failure::Usage(msg));

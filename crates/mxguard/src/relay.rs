@@ -116,20 +116,41 @@ pub async fn run(args: RelayArgs) -> Result<Exit, Failure> {
             return Ok(Exit::Error);
         }
     };
-    wait_for_stop().await?;
-    tracing::info!("stopping: no new connections; sessions in progress may finish");
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&args.config, &running),
+        }
+    }
+    tracing::info!("stopping: no new connections; sessions and deliveries in progress may finish");
     running.shutdown(GRACE).await;
     tracing::info!("stopped");
     Ok(Exit::Clean)
 }
 
-async fn wait_for_stop() -> Result<(), Failure> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGHUP: read the file again; a file with problems changes nothing.
+fn reload(path: &std::path::Path, running: &mxguard_relay::Running) {
+    let prepared = match Config::load(path) {
+        Ok(c) => mxguard_relay::prepare(c).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match prepared {
+        Ok(p) => {
+            let domains = p.config.domains.len();
+            for what in running.reload(p) {
+                tracing::warn!(%what, "not changed by a reload");
+            }
+            tracing::info!(domains, "configuration reloaded");
+        }
+        Err(e) => {
+            for line in e.lines() {
+                tracing::error!(problem = %line, "reload refused; the running configuration stays");
+            }
+        }
     }
-    Ok(())
 }
