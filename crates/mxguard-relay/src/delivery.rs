@@ -431,24 +431,70 @@ impl Delivery {
         loop {
             let now = SystemTime::now();
             let mut next_wait = Duration::from_secs(3600);
+            // Due messages in order (oldest first among equals: ids sort
+            // by arrival). A message starts only with a place at its first
+            // destination, taken here, so that one destination's messages
+            // start in order; a destination that is full holds back only
+            // its own messages.
+            let mut blocked: HashSet<String> = HashSet::new();
+            let mut cursor: Option<(SystemTime, QueueId)> = None;
             loop {
                 let picked = {
                     let mut s = lock(&self.sched);
-                    match s.due.iter().next().cloned() {
-                        Some((at, id)) if at <= now => {
-                            s.due.remove(&(at, id.clone()));
-                            s.when.remove(&id);
-                            s.running.insert(id.clone());
-                            Some(id)
+                    let mut found = None;
+                    let candidates: Vec<(SystemTime, QueueId)> = match &cursor {
+                        None => s.due.iter().take(64).cloned().collect(),
+                        Some(c) => s
+                            .due
+                            .range((
+                                std::ops::Bound::Excluded(c.clone()),
+                                std::ops::Bound::Unbounded,
+                            ))
+                            .take(64)
+                            .cloned()
+                            .collect(),
+                    };
+                    if candidates.is_empty() {
+                        None
+                    } else {
+                        for (at, id) in candidates {
+                            if at > now {
+                                next_wait = at.duration_since(now).unwrap_or_default();
+                                found = Some(None);
+                                break;
+                            }
+                            cursor = Some((at, id.clone()));
+                            let domain = s
+                                .domains
+                                .get(&id)
+                                .and_then(|d| d.first().cloned())
+                                .unwrap_or_default();
+                            if blocked.contains(&domain) {
+                                continue;
+                            }
+                            match self.gate(&domain).slots.clone().try_acquire_owned() {
+                                Ok(slot) => {
+                                    s.due.remove(&(at, id.clone()));
+                                    s.when.remove(&id);
+                                    s.running.insert(id.clone());
+                                    found = Some(Some((id, domain, slot)));
+                                    break;
+                                }
+                                Err(_) => {
+                                    blocked.insert(domain);
+                                }
+                            }
                         }
-                        Some((at, _)) => {
-                            next_wait = at.duration_since(now).unwrap_or_default();
-                            None
+                        // Some(None): nothing due now; None: keep scanning.
+                        match found {
+                            Some(x) => x,
+                            None => continue,
                         }
-                        None => None,
                     }
                 };
-                let Some(id) = picked else { break };
+                let Some((id, domain, slot)) = picked else {
+                    break;
+                };
                 let permit = match limit.clone().acquire_owned().await {
                     Ok(p) => p,
                     Err(_) => return,
@@ -458,7 +504,7 @@ impl Delivery {
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _permit = permit;
-                    me.attempt(&id).await;
+                    me.attempt(&id, Some((domain, slot))).await;
                     lock(&me.sched).running.remove(&id);
                     me.inflight
                         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -620,7 +666,11 @@ impl Delivery {
     }
 
     /// One delivery attempt of one message.
-    async fn attempt(&self, id: &QueueId) {
+    async fn attempt(
+        &self,
+        id: &QueueId,
+        mut first_slot: Option<(String, tokio::sync::OwnedSemaphorePermit)>,
+    ) {
         let (envelope, message) = match self.spool.read(id) {
             Ok(m) => m,
             Err(mxguard_queue::SpoolError::NotFound(_)) => {
@@ -664,7 +714,13 @@ impl Delivery {
         let mut newly_failed = Vec::new();
         for (domain, idx) in by_domain {
             let gate = self.gate(&domain);
-            let _slot = gate.slots.clone().acquire_owned().await;
+            let _slot = match first_slot.take() {
+                Some((d, slot)) if d == domain => slot,
+                _ => match gate.slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
             self.pace(&gate).await;
             let rcpts: Vec<String> = idx
                 .iter()
@@ -675,7 +731,7 @@ impl Delivery {
                 Attempt::Unreachable(why) => {
                     let mut s = lock(&self.sched);
                     if !s.down.contains_key(&domain) {
-                        tracing::warn!(target: "mxguard::delivery", %domain, %why, "destination unreachable; probing it until it answers");
+                        tracing::info!(target: "mxguard::delivery", %domain, %why, "destination unreachable; probing it until it answers");
                         s.down.insert(domain.clone(), now);
                     }
                 }

@@ -101,6 +101,9 @@ pub async fn run(args: DemoArgs) -> Result<Exit, Failure> {
     }
     // The lab runs until every report is out.
     drop((ca_file, smtp, dns));
+    if args.format == Format::Text {
+        crate::drill::run().await?;
+    }
     Ok(match status {
         Exit::Error => Exit::Error,
         Exit::Clean | Exit::Findings => Exit::Clean,

@@ -8,6 +8,7 @@
 mod check;
 mod cli;
 mod demo;
+mod drill;
 mod output;
 mod queue;
 mod relay;

@@ -382,3 +382,27 @@ fn queue_commands_list_hold_release_delete_online_and_offline() {
     assert_eq!(code, 2);
     assert!(err.contains("only list and show"), "{err}");
 }
+
+/// `mxguard demo` ends with the outage drill: messages held while the
+/// primary is down and delivered, oldest first, once it is back.
+#[test]
+fn demo_shows_an_outage_and_the_recovery() {
+    let out = bin().arg("demo").env("NO_COLOR", "1").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let drill = &text[text.find("Outage drill").expect("the drill section")..];
+    let ids: Vec<&str> = drill
+        .lines()
+        .filter_map(|l| l.split("queued as ").nth(1))
+        .collect();
+    assert_eq!(ids.len(), 2, "{drill}");
+    assert!(drill.contains("deferred") && drill.contains("primary is back"), "{drill}");
+    let delivered: Vec<&str> = drill
+        .lines()
+        .filter(|l| l.contains(" delivered ("))
+        .filter_map(|l| l.split("backup → primary: ").nth(1))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert_eq!(delivered, ids, "delivered oldest first:\n{drill}");
+    assert!(drill.contains("2 of 2 messages reached the primary"), "{drill}");
+}
