@@ -1,28 +1,35 @@
 //! Interop: `mxguard relay`, the backup MX daemon, between real peers — a
-//! real Postfix (as packaged by Debian) as the primary it calls out to, and
-//! real `swaks` as the sending client — rather than the crate's in-memory
-//! tests.
+//! real Postfix (as packaged by Debian) as the primary it calls out to and
+//! forwards to, and real `swaks` as the sending client — rather than the
+//! crate's in-memory tests.
 //!
 //! The fixture, all in a fresh temporary directory:
 //!
 //! - a strict Postfix primary on 127.0.0.1 and a free port: the final
 //!   destination of [`DOMAIN`] (`virtual_mailbox_domains` +
-//!   `virtual_mailbox_maps`, mailboxes [`USERS`]), so an unknown user gets
-//!   `550 5.1.1` at RCPT; it offers STARTTLS, as a real primary would;
+//!   `virtual_mailbox_maps`, maildirs for [`USERS`]), so an unknown user
+//!   gets `550 5.1.1` at RCPT; it offers STARTTLS, as a real primary would;
 //! - the `mxguard` binary running `relay --config relay.toml`: hostname
 //!   [`RELAY_HOST`], SMTP on 127.0.0.1 and another free port, its spool in
 //!   the directory, one `[[domains]]` entry for [`DOMAIN`] with
-//!   `recipients = "callout"` and `primary = "127.0.0.1:<postfix port>"`.
+//!   `recipients = "callout"` and `primary = "127.0.0.1:<postfix port>"`,
+//!   and fast `[delivery]` settings.
 //!
-//! swaks then sends: (a) a message to a known user, which must be queued —
-//! and is then read back from the spool with `mxguard_queue`; (b) to an
-//! unknown user, refused at RCPT with `550 5.1.1` from the callout; (c) to
-//! a domain the relay does not serve, refused with `550 5.7.1` without
-//! asking the primary. The primary's own log must show exactly the two
-//! callouts, each EHLO, MAIL, RCPT, RSET, QUIT and never DATA, and nothing
-//! delivered. With the primary stopped, (d) a never-seen recipient gets
-//! `451 4.3.0` while the known user (and the unknown one) keep the cached
-//! answers. The relay's log must have the mail events with their reasons.
+//! swaks then sends: (a) a message to a known user, which must be queued
+//! and then forwarded at once: it lands in the user's maildir at the
+//! primary, with both Received headers, and leaves the relay's spool; (b)
+//! to an unknown user, refused at RCPT with `550 5.1.1` from the callout;
+//! (c) to a domain the relay does not serve, refused with `550 5.7.1`
+//! without asking the primary. The primary's own log must show exactly the
+//! two callouts, each EHLO, MAIL FROM:<>, RCPT, RSET, QUIT and never DATA,
+//! and one delivery session from the relay (EHLO, STARTTLS, EHLO, MAIL,
+//! RCPT, DATA, QUIT). With the primary stopped, (d) a never-seen recipient
+//! gets `451 4.3.0` while the known user (and the unknown one) keep the
+//! cached answers. The relay's log must have the mail events with their
+//! reasons, and the delivery.
+//!
+//! Forwarding while the primary is down, and the bytes that arrive, are
+//! `interop_forward`'s subject.
 //!
 //! Hermetic: no `lo` aliases, nothing listens or is asked anywhere but
 //! 127.0.0.1, Postfix has no DNS and an `error:` default transport, and the
@@ -34,28 +41,25 @@
 
 mod common;
 
-use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::postfix::{PORT_ATTEMPTS, Postfix, Role};
-use common::{Scratch, find_program, is_root, send_signal, set_mode, skip_or_fail, smtp_banner};
+use common::postfix::{Postfix, Role};
+use common::relay::{Relay, events, files_under, wait_for};
+use common::swaks::swaks;
+use common::{Scratch, find_program, is_root, set_mode, skip_or_fail, smtp_banner};
 use mxguard_lab::LabCa;
 use mxguard_queue::{FsSpool, QueueId, Recovery, Spool as _};
 
 const TEST: &str = "interop_relay";
 
-/// How long the relay gets to answer with its banner.
-const RELAY_READY: Duration = Duration::from_secs(10);
-/// How long the relay gets to exit after SIGTERM.
-const RELAY_STOP: Duration = Duration::from_secs(10);
-/// How long one swaks dialogue may take.
-const SWAKS_DEADLINE: Duration = Duration::from_secs(20);
 /// How long Postfix's log gets to show a finished session (postlogd writes
 /// it a moment after the fact).
 const MAILLOG_WAIT: Duration = Duration::from_secs(5);
+/// How long the relay gets to forward a message it has just accepted (it
+/// tries at once) and the primary to put it in the maildir.
+const DELIVERY_WAIT: Duration = Duration::from_secs(10);
 
 /// The domain the relay backs up and the primary is the destination of.
 const DOMAIN: &str = "backed.interop.test";
@@ -73,229 +77,48 @@ const RELAY_HOST: &str = "backup.interop.test";
 const CLIENT_HELO: &str = "client.interop.test";
 const SENDER: &str = "sender@example.org";
 
-/// A port on 127.0.0.1 that is free at the moment of asking.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("binding a TCP socket on 127.0.0.1")
-        .port()
-}
-
-/// A running `mxguard relay`; killed, if still running, when dropped, its
-/// log printed if the test is failing.
-struct Relay {
-    child: Child,
-    addr: SocketAddr,
-    spool: PathBuf,
-    stderr_path: PathBuf,
-}
-
-impl Relay {
-    /// Write `relay.toml` for the callout to `primary` and start the
-    /// relay on a free port; another port if that one is taken meanwhile.
-    fn start(dir: &Scratch, primary: SocketAddr) -> Relay {
-        let spool = dir.file("spool");
-        let config_path = dir.file("relay.toml");
-        let stderr_path = dir.file("relay.stderr");
-        for _ in 0..PORT_ATTEMPTS {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-            // Not bound by the relay yet; a port of its own all the same,
-            // since tests run in parallel.
-            let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-            let config = format!(
-                "# mxguard interop_relay: generated\n\
-                 hostname = \"{RELAY_HOST}\"\n\
-                 \n\
-                 [smtp]\n\
-                 listen = [\"{addr}\"]\n\
-                 \n\
-                 [spool]\n\
-                 path = \"{spool}\"\n\
-                 \n\
-                 [admin]\n\
-                 listen = \"{admin}\"\n\
-                 \n\
-                 # Never asked (the primary is an IP literal); set so that a\n\
-                 # stray lookup could not leave the machine.\n\
-                 [dns]\n\
-                 resolver = \"127.0.0.1:9\"\n\
-                 \n\
-                 [callout]\n\
-                 timeout = \"5s\"\n\
-                 \n\
-                 [[domains]]\n\
-                 name = \"{DOMAIN}\"\n\
-                 primary = \"{primary}\"\n\
-                 recipients = \"callout\"\n",
-                spool = spool.display(),
-            );
-            fs::write(&config_path, config).expect("writing relay.toml");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_mxguard"))
-                .arg("relay")
-                .arg("--config")
-                .arg(&config_path)
-                .env("MXGUARD_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(fs::File::create(dir.file("relay.stdout")).expect("relay.stdout"))
-                .stderr(fs::File::create(&stderr_path).expect("relay.stderr"))
-                .spawn()
-                .expect("starting mxguard relay");
-            let deadline = Instant::now() + RELAY_READY;
-            loop {
-                if let Some(status) = child.try_wait().expect("waiting for mxguard relay") {
-                    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-                    if stderr.contains("cannot listen on") {
-                        break;
-                    }
-                    panic!("mxguard relay --config {config_path:?} exited ({status}):\n{stderr}");
-                }
-                if smtp_banner(addr).is_some_and(|b| b.starts_with(&format!("220 {RELAY_HOST} "))) {
-                    return Relay {
-                        child,
-                        addr,
-                        spool,
-                        stderr_path,
-                    };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "mxguard relay gave no banner on {addr} within {RELAY_READY:?}; stderr:\n{}",
-                        fs::read_to_string(&stderr_path).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("mxguard relay could not bind a port on 127.0.0.1 in {PORT_ATTEMPTS} attempts");
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// SIGTERM, and wait for the exit.
-    fn stop(&mut self) -> ExitStatus {
-        send_signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + RELAY_STOP;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for mxguard relay") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "mxguard relay did not exit within {RELAY_STOP:?} of SIGTERM; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "{TEST}: mxguard relay ({}) stderr {}:\n{}",
-                self.addr,
-                self.stderr_path.display(),
-                self.stderr()
-            );
-        }
-    }
-}
-
-/// One swaks run: its exit code and transcript.
-struct Swaks {
-    code: Option<i32>,
-    transcript: String,
-}
-
-impl Swaks {
-    /// The server's reply to the first client line starting with `sent`
-    /// (`RCPT TO:`, `DATA`, `.` for the end of the message), without the
-    /// `<-  ` or `<** ` swaks puts before it.
-    fn reply_to(&self, sent: &str) -> Option<&str> {
-        let mut lines = self.transcript.lines();
-        lines
-            .by_ref()
-            .find(|l| {
-                l.trim_start()
-                    .strip_prefix("->")
-                    .is_some_and(|c| c.trim_start().starts_with(sent))
-            })
-            .and_then(|_| lines.next())
-            .and_then(|l| l.strip_prefix("<-").or_else(|| l.strip_prefix("<**")))
-            .map(str::trim)
-    }
-
-    /// Did the client send a line starting with `sent`?
-    fn sent(&self, sent: &str) -> bool {
-        self.transcript.lines().any(|l| {
-            l.trim_start()
-                .strip_prefix("->")
-                .is_some_and(|c| c.trim_start().starts_with(sent))
-        })
-    }
-}
-
-/// Run swaks against `server` for one recipient, with `extra` options; the
-/// transcript is also kept in `dir/swaks-{tag}.txt`.
-fn swaks(
-    program: &Path,
-    dir: &Scratch,
-    tag: &str,
-    server: SocketAddr,
-    to: &str,
-    extra: &[&str],
-) -> Swaks {
-    let server_arg = server.to_string();
-    let mut args = vec![
-        "--server",
-        server_arg.as_str(),
-        "--helo",
-        CLIENT_HELO,
-        "--from",
-        SENDER,
-        "--to",
-        to,
-        "--timeout",
-        "10",
-    ];
-    args.extend_from_slice(extra);
-    let mut child = Command::new(program)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-    let deadline = Instant::now() + SWAKS_DEADLINE;
-    while child.try_wait().expect("waiting for swaks").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("swaks {} took over {SWAKS_DEADLINE:?}", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("swaks output");
-    let transcript = format!(
-        "swaks {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = fs::write(dir.file(&format!("swaks-{tag}.txt")), &transcript);
-    Swaks {
-        code: out.status.code(),
-        transcript,
+/// `relay.toml`: callouts to, and forwarding to, `primary`.
+fn relay_config(primary: SocketAddr) -> impl Fn(SocketAddr, SocketAddr, &Path) -> String {
+    move |smtp, admin, spool| {
+        format!(
+            "# mxguard {TEST}: generated\n\
+             hostname = \"{RELAY_HOST}\"\n\
+             \n\
+             [smtp]\n\
+             listen = [\"{smtp}\"]\n\
+             \n\
+             [spool]\n\
+             path = \"{spool}\"\n\
+             \n\
+             [admin]\n\
+             listen = \"{admin}\"\n\
+             \n\
+             # Never asked (the primary is an IP literal, and with dsn =\n\
+             # \"never\" no SPF is checked at ingress); set so that a stray\n\
+             # lookup could not leave the machine.\n\
+             [dns]\n\
+             resolver = \"127.0.0.1:9\"\n\
+             \n\
+             [callout]\n\
+             timeout = \"5s\"\n\
+             \n\
+             # Fast: the test waits for the forwarding. dsn = \"never\" also\n\
+             # skips SPF at ingress, which would wait for the dead resolver.\n\
+             [delivery]\n\
+             retry = [\"2s\"]\n\
+             jitter = 0.0\n\
+             probe_interval = \"500ms\"\n\
+             destination_rate = 0.0\n\
+             connect_timeout = \"5s\"\n\
+             command_timeout = \"5s\"\n\
+             dsn = \"never\"\n\
+             \n\
+             [[domains]]\n\
+             name = \"{DOMAIN}\"\n\
+             primary = \"{primary}\"\n\
+             recipients = \"callout\"\n",
+            spool = spool.display(),
+        )
     }
 }
 
@@ -319,35 +142,45 @@ fn rcpt_sessions(primary: &Postfix, want: usize) -> Vec<String> {
     }
 }
 
-/// Regular files anywhere under `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
+/// A callout, as the primary's session summary shows it: it ends in RSET
+/// and never gets to DATA.
+fn is_callout(session: &str) -> bool {
+    session.contains(" rset=1 ") && !session.contains(" data=")
+}
+
+/// The relay delivering: a session that sends DATA.
+fn is_delivery(session: &str) -> bool {
+    session.contains(" data=")
+}
+
+/// The header fields of a message (LF line endings) whose name is `name`,
+/// each with its folded lines, in order.
+fn fields(header: &str, name: &str) -> Vec<String> {
+    let prefix = format!("{name}:");
+    let mut out: Vec<String> = Vec::new();
+    let mut inside = false;
+    for line in header.split('\n') {
+        if line.starts_with([' ', '\t']) {
+            if inside && let Some(last) = out.last_mut() {
+                last.push('\n');
+                last.push_str(line);
+            }
+            continue;
+        }
+        inside = line
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(&prefix));
+        if inside {
+            out.push(line.to_owned());
         }
     }
     out
 }
 
-/// The relay's mail-event log lines of one event (`accepted`, `rejected`).
-fn events<'a>(log: &'a str, event: &str) -> Vec<&'a str> {
-    let key = format!("event=\"{event}\"");
-    log.lines()
-        .filter(|l| l.contains("mxguard::mail") && l.contains(&key))
-        .collect()
-}
-
 /// `mxguard relay` calls out to a real Postfix primary and serves a real
-/// swaks: accepts and spools mail for a known user, refuses unknown users
-/// and foreign domains at RCPT, never sends the primary DATA, and keeps its
-/// answers while the primary is down.
+/// swaks: accepts mail for a known user and forwards it to the primary's
+/// mailbox, refuses unknown users and foreign domains at RCPT, never sends
+/// DATA in a callout, and keeps its answers while the primary is down.
 #[test]
 fn relay_between_real_postfix_and_swaks() {
     let Some(postfix) = find_program("postfix") else {
@@ -368,8 +201,8 @@ fn relay_between_real_postfix_and_swaks() {
     let dir = Scratch::new(
         "interop-relay",
         TEST,
-        "the Postfix primary's files and maillog, relay.toml, the relay's spool and \
-         stderr, swaks transcripts",
+        "the Postfix primary's files, maildirs and maillog, relay.toml, the relay's spool \
+         and stderr, swaks transcripts",
     );
     // Postfix's unprivileged processes walk into it.
     set_mode(&dir.path, 0o755);
@@ -386,7 +219,7 @@ fn relay_between_real_postfix_and_swaks() {
         Ipv4Addr::LOCALHOST,
         Some(&ca),
     );
-    let mut relay = Relay::start(&dir, primary.addr);
+    let mut relay = Relay::start(&dir, TEST, RELAY_HOST, relay_config(primary.addr));
     let known = format!("{KNOWN_USER}@{DOMAIN}");
     let unknown = format!("{UNKNOWN_USER}@{DOMAIN}");
     let never_seen = format!("{NEVER_SEEN_USER}@{DOMAIN}");
@@ -396,8 +229,18 @@ fn relay_between_real_postfix_and_swaks() {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let body = format!("mxguard interop_relay test message {nanos:x}");
-    let sw =
-        |tag: &str, to: &str, extra: &[&str]| swaks(&swaks_bin, &dir, tag, relay.addr, to, extra);
+    let sw = |tag: &str, to: &str, extra: &[&str]| {
+        swaks(
+            &swaks_bin,
+            &dir,
+            tag,
+            relay.addr,
+            CLIENT_HELO,
+            SENDER,
+            to,
+            extra,
+        )
+    };
 
     // (a) A known user: the callout says 250, the message is queued.
     let subject = "Subject: mxguard interop_relay";
@@ -413,17 +256,115 @@ fn relay_between_real_postfix_and_swaks() {
             .is_some_and(|r| r.starts_with("250 ")),
         "RCPT TO:<{known}> should get 250: the primary knows the user\n{ctx}"
     );
-    let queued = a.reply_to(".").unwrap_or_default();
-    let queue_id = queued
-        .strip_prefix("250 ")
-        .and_then(|r| r.split_once("queued as "))
-        .map(|(_, id)| id.trim().to_owned())
-        .unwrap_or_else(|| {
-            panic!("the end of DATA should get `250 ... queued as ID`, got {queued:?}\n{ctx}")
-        });
+    let queue_id = a.queued_as().unwrap_or_else(|| {
+        panic!(
+            "the end of DATA should get `250 ... queued as ID`, got {:?}\n{ctx}",
+            a.reply_to_end_of_data()
+        )
+    });
     let queue_id: QueueId = queue_id
         .parse()
-        .unwrap_or_else(|e| panic!("{queue_id:?} in {queued:?} is no queue ID ({e:?})\n{ctx}"));
+        .unwrap_or_else(|e| panic!("{queue_id:?} is no queue ID ({e:?})\n{ctx}"));
+
+    // ... and forwarded at once: the relay's delivery event, then the
+    // message in alice's maildir at the primary.
+    let delivery = wait_for(DELIVERY_WAIT, || {
+        events(&relay.stderr(), "delivery")
+            .first()
+            .map(|l| l.to_string())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the relay should forward {queue_id} to the primary within {DELIVERY_WAIT:?}\n\
+             relay stderr:\n{}",
+            relay.stderr()
+        )
+    });
+    let ctx = format!("relay stderr:\n{}", relay.stderr());
+    assert!(
+        delivery.contains(&format!("queue_id={queue_id} "))
+            && delivery.contains(&format!("rcpt=<{known}> "))
+            && delivery.contains(" outcome=\"delivered\" ")
+            && delivery.contains(" host=127.0.0.1 ")
+            && delivery.contains(" attempt=1 "),
+        "the first attempt delivers {queue_id} for <{known}> to 127.0.0.1: {delivery}\n{ctx}"
+    );
+    let primary_id = delivery
+        .split_once(" reply=250 2.0.0 Ok: queued as ")
+        .map(|(_, id)| id.trim().to_owned())
+        .unwrap_or_else(|| {
+            panic!("the delivery event quotes the primary's `250 ... queued as ID`: {delivery}")
+        });
+    let maildir = primary
+        .layout
+        .mail
+        .join(DOMAIN)
+        .join(KNOWN_USER)
+        .join("new");
+    // virtual(8) writes the file in the maildir's tmp/ and renames it
+    // into new/: once there, it is complete.
+    let arrived = wait_for(DELIVERY_WAIT, || {
+        Some(files_under(&maildir)).filter(|f| !f.is_empty())
+    })
+    .unwrap_or_default();
+    let ctx = format!("primary maillog:\n{}", primary.maillog());
+    // Everything in every mailbox, tmp/ included.
+    let delivered = files_under(&primary.layout.mail);
+    assert!(
+        arrived.len() == 1 && delivered == arrived,
+        "exactly one message, in {}: {delivered:?}\n{ctx}",
+        maildir.display()
+    );
+    let text = std::fs::read_to_string(&delivered[0]).expect("reading the delivered message");
+    let ctx = format!("delivered message {}:\n{text}", delivered[0].display());
+    let (header, delivered_body) = text
+        .split_once("\n\n")
+        .unwrap_or_else(|| panic!("no blank line between header and body\n{ctx}"));
+    assert!(
+        text.starts_with(&format!("Return-Path: <{SENDER}>\n")),
+        "the primary's Return-Path shows the envelope sender the relay passed on\n{ctx}"
+    );
+    assert_eq!(
+        fields(header, "Delivered-To"),
+        vec![format!("Delivered-To: {known}")],
+        "{ctx}"
+    );
+    let received = fields(header, "Received");
+    assert_eq!(
+        received.len(),
+        2,
+        "two Received headers, the primary's and the relay's: {received:#?}\n{ctx}"
+    );
+    // The primary's (ESMTPS: the relay used STARTTLS), then the relay's
+    // (ESMTP: swaks did not).
+    assert!(
+        received[0].starts_with(&format!(
+            "Received: from {RELAY_HOST} (unknown [127.0.0.1])"
+        )) && received[0].contains(&format!(
+            "by {PRIMARY_HOST} (Postfix) with ESMTPS id {primary_id}"
+        )) && received[0].contains(&format!("for <{known}>")),
+        "the primary's Received header: from the relay over TLS, its queue ID \
+         {primary_id}: {:?}\n{ctx}",
+        received[0]
+    );
+    assert!(
+        received[1].starts_with(&format!("Received: from {CLIENT_HELO} ([127.0.0.1])"))
+            && received[1].contains(&format!(
+                "by {RELAY_HOST} (mxguard) with ESMTP id {queue_id}"
+            ))
+            && received[1].contains(&format!("for <{known}>")),
+        "the relay's Received header names the client, the relay, its queue ID and \
+         the recipient: {:?}\n{ctx}",
+        received[1]
+    );
+    assert!(
+        header.contains(&format!("\n{subject}\n")) && header.contains(&format!("\nTo: {known}\n")),
+        "swaks' own header fields arrive\n{ctx}"
+    );
+    assert!(
+        delivered_body.contains(&body),
+        "the body swaks sent ({body:?}) arrives\n{ctx}"
+    );
 
     // (b) An unknown user: the primary's 550 5.1.1, passed on at RCPT.
     let b = sw("unknown", &unknown, &[]);
@@ -457,33 +398,42 @@ fn relay_between_real_postfix_and_swaks() {
         "RCPT TO:<{foreign}> should get 550 5.7.1 Relay access denied\n{ctx}"
     );
 
-    // The primary saw exactly the two callouts, never DATA, delivered nothing.
-    let sessions = rcpt_sessions(&primary, 2);
+    // The primary saw exactly the two callouts, never with DATA, and the
+    // one delivery.
+    let sessions = rcpt_sessions(&primary, 3);
     let maillog = primary.maillog();
     let ctx = format!("primary maillog:\n{maillog}");
     assert_eq!(
         sessions.len(),
-        2,
-        "the primary should see one callout for {known} and one for {unknown}, none \
-         for {foreign}: {sessions:#?}\n{ctx}"
+        3,
+        "the primary should see one callout for {known}, one for {unknown}, none for \
+         {foreign}, and the relay delivering to {known}: {sessions:#?}\n{ctx}"
     );
-    for s in &sessions {
+    let callouts: Vec<&String> = sessions.iter().filter(|s| is_callout(s)).collect();
+    let deliveries: Vec<&String> = sessions.iter().filter(|s| is_delivery(s)).collect();
+    assert!(
+        callouts.len() == 2 && deliveries.len() == 1,
+        "two callouts (RSET, no DATA) and one delivery (DATA), nothing else: \
+         {sessions:#?}\n{ctx}"
+    );
+    for s in &callouts {
         assert!(
             s.contains(" ehlo=1 mail=1 rcpt=") && s.contains(" rset=1 quit=1 "),
             "a callout is EHLO, MAIL, RCPT, RSET, QUIT: {s}\n{ctx}"
         );
-        assert!(
-            !s.contains("data="),
-            "a callout never sends DATA: {s}\n{ctx}"
-        );
     }
     assert!(
-        sessions.iter().any(|s| s.contains(" rcpt=1 ")),
+        callouts.iter().any(|s| s.contains(" rcpt=1 ")),
         "the callout for {known} got its RCPT accepted\n{ctx}"
     );
     assert!(
-        sessions.iter().any(|s| s.contains(" rcpt=0/1 ")),
+        callouts.iter().any(|s| s.contains(" rcpt=0/1 ")),
         "the callout for {unknown} got its RCPT refused\n{ctx}"
+    );
+    assert!(
+        deliveries[0].contains(" ehlo=2 starttls=1 mail=1 rcpt=1 data=1 quit=1 "),
+        "the relay delivers with EHLO, STARTTLS, EHLO, MAIL, RCPT, DATA, QUIT: {}\n{ctx}",
+        deliveries[0]
     );
     assert!(
         maillog.lines().any(|l| l.contains("NOQUEUE: reject: RCPT")
@@ -492,14 +442,25 @@ fn relay_between_real_postfix_and_swaks() {
             && l.contains(&format!("to=<{unknown}>"))),
         "the primary refused the callout for {unknown} (MAIL FROM:<>) with 550 5.1.1\n{ctx}"
     );
+    let mail_from = maillog
+        .lines()
+        .filter(|l| l.contains(": from=<") && l.contains("(queue active)"))
+        .collect::<Vec<_>>();
     assert!(
-        !maillog.contains("/cleanup[") && !maillog.contains("status=sent"),
-        "nothing should reach the primary's queue or mailboxes\n{ctx}"
+        mail_from.len() == 1 && mail_from[0].contains(&format!("{primary_id}: from=<{SENDER}>")),
+        "the primary queued one message, {primary_id}, from <{SENDER}>: {mail_from:#?}\n{ctx}"
     );
-    let delivered = files_under(&primary.layout.mail);
+    let sent = maillog
+        .lines()
+        .filter(|l| l.contains("status=sent"))
+        .collect::<Vec<_>>();
     assert!(
-        delivered.is_empty(),
-        "nothing should be delivered at the primary: {delivered:?}\n{ctx}"
+        sent.len() == 1
+            && sent[0].contains(&format!("{primary_id}: to=<{known}>"))
+            && sent[0].contains("relay=virtual")
+            && sent[0].contains("delivered to maildir"),
+        "the primary delivered {primary_id} to {known}'s maildir, and nothing else: \
+         {sent:#?}\n{ctx}"
     );
 
     // (d) The primary goes down: unknown recipients wait, known answers stand.
@@ -546,12 +507,13 @@ fn relay_between_real_postfix_and_swaks() {
         "with the primary down, {unknown} keeps its cached 550 5.1.1\n{ctx}"
     );
 
-    // Stopped, the primary has logged everything: still the two callouts.
-    let sessions = rcpt_sessions(&primary, 2);
+    // Stopped, the primary has logged everything: still the three sessions.
+    let sessions = rcpt_sessions(&primary, 3);
     assert_eq!(
         sessions.len(),
-        2,
-        "no callouts but the two for {known} and {unknown}: {sessions:#?}\nprimary maillog:\n{}",
+        3,
+        "no sessions but the two callouts and the delivery: {sessions:#?}\n\
+         primary maillog:\n{}",
         primary.maillog()
     );
 
@@ -569,6 +531,12 @@ fn relay_between_real_postfix_and_swaks() {
             && accepted[0].contains(&format!("queue_id={queue_id}"))
             && accepted[0].contains(&format!("rcpts=<{known}>")),
         "one accepted event, queue_id={queue_id} rcpts=<{known}>: {accepted:#?}\n{ctx}"
+    );
+    let deliveries = events(&log, "delivery");
+    assert_eq!(
+        deliveries,
+        vec![delivery.as_str()],
+        "one delivery event, no retries\n{ctx}"
     );
     let rejected = events(&log, "rejected");
     let with = |reason: &str, rcpt: &str| {
@@ -600,62 +568,26 @@ fn relay_between_real_postfix_and_swaks() {
         "no other rejections: {rejected:#?}\n{ctx}"
     );
 
-    // The spool holds the message, as mxguard_queue reads it.
+    // Delivered, the message has left the spool, delivery state and all.
     let (spool, recovery) = FsSpool::open(&relay.spool).expect("opening the relay's spool");
     assert_eq!(
         recovery,
         Recovery {
-            recovered: 1,
+            recovered: 0,
             discarded_partial: 0,
             corrupt: 0
         },
-        "the spool should hold exactly the one message"
+        "the delivered message should be gone from the spool"
     );
     let listed = spool.list().expect("listing the spool");
-    assert!(
-        listed.len() == 1 && listed[0].envelope.id == queue_id,
-        "the spool lists only {queue_id}: {listed:#?}"
-    );
-    let (envelope, message) = spool.read(&queue_id).expect("reading the queued message");
-    assert_eq!(envelope.id, queue_id);
-    assert_eq!(envelope.mail_from, SENDER, "{envelope:#?}");
-    assert_eq!(envelope.recipients, vec![known.clone()], "{envelope:#?}");
-    assert_eq!(envelope.client_helo, CLIENT_HELO, "{envelope:#?}");
-    assert_eq!(envelope.client_addr, Ipv4Addr::LOCALHOST, "{envelope:#?}");
-    assert!(!envelope.tls, "swaks did not use STARTTLS: {envelope:#?}");
-    let text = String::from_utf8_lossy(&message);
-    let ctx = format!("queued message:\n{text}");
-    // The relay's Received header: the first field, with its folded lines.
-    let mut lines = text.split("\r\n");
-    let first = lines.next().unwrap_or_default();
-    assert!(
-        first.starts_with(&format!("Received: from {CLIENT_HELO} ([127.0.0.1])")),
-        "the message starts with the relay's Received header\n{ctx}"
-    );
-    let received: Vec<&str> = std::iter::once(first)
-        .chain(lines.take_while(|l| l.starts_with([' ', '\t'])))
-        .collect();
-    let received = received.join("\r\n");
-    assert!(
-        received.contains(&format!("by {RELAY_HOST} "))
-            && received.contains(&format!("id {queue_id}"))
-            && received.contains(&format!("for <{known}>")),
-        "the Received header names the relay ({RELAY_HOST}), the queue ID and the \
-         recipient: {received:?}\n{ctx}"
-    );
-    let rest = &text[received.len()..];
-    let (headers, sent_body) = rest
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no blank line between header and body\n{ctx}"));
-    assert!(
-        headers.contains(&format!("\r\n{subject}\r\n"))
-            && headers.contains(&format!("To: {known}")),
-        "swaks' own header fields follow the Received header\n{ctx}"
-    );
-    assert!(
-        sent_body.contains(&body),
-        "the body swaks sent ({body:?}) is in the queued message\n{ctx}"
-    );
+    assert!(listed.is_empty(), "the spool lists nothing: {listed:#?}");
+    for sub in ["queue", "state", "tmp"] {
+        let left = files_under(&relay.spool.join(sub));
+        assert!(
+            left.is_empty(),
+            "nothing left in the spool's {sub}/: {left:?}"
+        );
+    }
 
     drop(relay);
     drop(primary);

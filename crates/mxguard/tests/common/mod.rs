@@ -3,10 +3,13 @@
 
 //! Helpers shared by the integration tests: finding the programs an interop
 //! test needs, skipping or failing when they are missing, running programs
-//! and the `mxguard` binary with a deadline, and (in [`postfix`]) private
-//! Postfix instances.
+//! and the `mxguard` binary with a deadline, (in [`postfix`]) private
+//! Postfix instances, (in [`relay`]) a running `mxguard relay` and (in
+//! [`swaks`]) the swaks SMTP client.
 
 pub mod postfix;
+pub mod relay;
+pub mod swaks;
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Write as _};

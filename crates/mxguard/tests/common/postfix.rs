@@ -40,6 +40,10 @@ pub enum Role {
         domains: Vec<&'static str>,
         primary: Ipv4Addr,
     },
+    /// An outbound MTA: takes mail from 127.0.0.0/8 for any domain and
+    /// hands all of it to `relayhost` (an IP literal, so no DNS); no
+    /// domain is delivered locally.
+    Sender { relayhost: SocketAddr },
 }
 
 /// `master.cf`: the services a small MTA needs, none chrooted (the queue
@@ -129,6 +133,20 @@ impl Layout {
             None => "smtpd_tls_security_level = none\n".to_owned(),
         };
 
+        // Who may relay through the instance, where mail with no transport
+        // entry goes: nowhere, except for a sender.
+        let (mynetworks, relayhost, default_transport) = match role {
+            Role::Sender { relayhost } => (
+                "127.0.0.0/8".to_owned(),
+                format!("[{}]:{}", relayhost.ip(), relayhost.port()),
+                "smtp".to_owned(),
+            ),
+            Role::Strict { .. } | Role::CarelessBackup { .. } => (
+                "192.0.2.1/32".to_owned(),
+                String::new(),
+                "error:5.7.1 mxguard interop: no outbound mail".to_owned(),
+            ),
+        };
         let main = format!(
             "# mxguard interop: generated; instance {name}\n\
              compatibility_level = 3.6\n\
@@ -143,15 +161,17 @@ impl Layout {
              mydestination =\n\
              inet_interfaces = {ip}\n\
              inet_protocols = ipv4\n\
-             # Not the client: mxguard and swaks arrive from 127.0.0.1 or an alias.\n\
-             mynetworks = 192.0.2.1/32\n\
+             # A sender relays for 127.0.0.0/8; for the others, not the\n\
+             # client: mxguard and swaks arrive from 127.0.0.1 or an alias.\n\
+             mynetworks = {mynetworks}\n\
              smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
              smtpd_banner = $myhostname ESMTP\n\
-             # Hermetic: no DNS, no delivery off this machine.\n\
+             # Hermetic: no DNS, no delivery off this machine (a sender's\n\
+             # relayhost is an IP literal on it).\n\
              smtpd_peername_lookup = no\n\
              smtp_dns_support_level = disabled\n\
-             relayhost =\n\
-             default_transport = error:5.7.1 mxguard interop: no outbound mail\n\
+             relayhost = {relayhost}\n\
+             default_transport = {default_transport}\n\
              local_transport = error:5.1.1 mxguard interop: no local delivery\n\
              alias_maps =\n\
              alias_database =\n\
@@ -206,6 +226,7 @@ impl Layout {
                     transport = transport.display(),
                 )
             }
+            Role::Sender { .. } => "# A sender: everything goes to the relayhost.\n".to_owned(),
         };
         fs::write(self.conf.join("main.cf"), main + &role_cf).expect("writing main.cf");
         fs::write(self.conf.join("master.cf"), master_cf(port)).expect("writing master.cf");
@@ -258,44 +279,79 @@ impl Postfix {
             master_pid: None,
             stopped: false,
         };
-        let conf = server.conf_arg().to_owned();
-        let check = run(postfix, &["-c", &conf, "check"]);
+        server.boot()?;
+        Ok(server)
+    }
+
+    /// Start a stopped instance again, same files, same address, and wait
+    /// for its banner; panics if it does not come up.
+    pub fn restart(&mut self) {
+        assert!(
+            self.stopped,
+            "Postfix {} is running: stop it before restarting it",
+            self.layout.name
+        );
+        self.stopped = false;
+        match self.boot() {
+            Ok(()) => {}
+            Err(StartError::PortTaken) => panic!(
+                "Postfix {}: its port {} was taken while it was stopped",
+                self.layout.name, self.addr
+            ),
+            Err(StartError::Other(why)) => {
+                panic!("restarting Postfix {}: {why}", self.layout.name)
+            }
+        }
+    }
+
+    /// `postfix check`, `postfix start`, wait for the banner.
+    fn boot(&mut self) -> Result<(), StartError> {
+        let postfix = self.postfix.clone();
+        let conf = self.conf_arg().to_owned();
+        // Only what this start logs says whether the port was taken: an
+        // earlier attempt may have left its complaint in the same file.
+        let log_from = self.maillog().len();
+        let port_taken = |s: &Postfix| {
+            s.maillog()
+                .get(log_from..)
+                .is_some_and(|l| l.contains("Address already in use"))
+        };
+        let check = run(&postfix, &["-c", &conf, "check"]);
         if !check.status.success() {
             return Err(StartError::Other(describe(
-                postfix,
+                &postfix,
                 &["-c", &conf, "check"],
                 &check,
             )));
         }
-        let start = run(postfix, &["-c", &conf, "start"]);
-        server.master_pid = server.read_master_pid();
-        let port_taken = |s: &Postfix| s.maillog().contains("Address already in use");
+        let start = run(&postfix, &["-c", &conf, "start"]);
+        self.master_pid = self.read_master_pid();
         if !start.status.success() {
-            if port_taken(&server) {
+            if port_taken(self) {
                 return Err(StartError::PortTaken);
             }
             return Err(StartError::Other(format!(
                 "{}\nmaillog:\n{}",
-                describe(postfix, &["-c", &conf, "start"], &start),
-                server.maillog()
+                describe(&postfix, &["-c", &conf, "start"], &start),
+                self.maillog()
             )));
         }
         let deadline = Instant::now() + POSTFIX_READY;
         loop {
-            if server.master_pid.is_none() {
-                server.master_pid = server.read_master_pid();
+            if smtp_banner(self.addr).is_some() {
+                // Read again: a restart may have found the last run's file.
+                self.master_pid = self.read_master_pid().or(self.master_pid);
+                return Ok(());
             }
-            if smtp_banner(addr).is_some() {
-                return Ok(server);
-            }
-            if port_taken(&server) {
+            if port_taken(self) {
                 return Err(StartError::PortTaken);
             }
             if Instant::now() > deadline {
                 return Err(StartError::Other(format!(
-                    "Postfix {} on {addr} gave no banner within {POSTFIX_READY:?}; maillog:\n{}",
-                    server.layout.name,
-                    server.maillog()
+                    "Postfix {} on {} gave no banner within {POSTFIX_READY:?}; maillog:\n{}",
+                    self.layout.name,
+                    self.addr,
+                    self.maillog()
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -330,7 +386,9 @@ impl Postfix {
     }
 
     /// Stop the instance and wait for its master to exit; once stopped, it
-    /// stays stopped (dropping it does nothing more).
+    /// stays stopped (dropping it does nothing more) unless [`restart`]ed.
+    ///
+    /// [`restart`]: Postfix::restart
     pub fn stop(&mut self) {
         if self.stopped {
             return;
