@@ -396,7 +396,10 @@ fn demo_shows_an_outage_and_the_recovery() {
         .filter_map(|l| l.split("queued as ").nth(1))
         .collect();
     assert_eq!(ids.len(), 2, "{drill}");
-    assert!(drill.contains("deferred") && drill.contains("primary is back"), "{drill}");
+    assert!(
+        drill.contains("deferred") && drill.contains("primary is back"),
+        "{drill}"
+    );
     let delivered: Vec<&str> = drill
         .lines()
         .filter(|l| l.contains(" delivered ("))
@@ -404,5 +407,8 @@ fn demo_shows_an_outage_and_the_recovery() {
         .filter_map(|l| l.split(' ').next())
         .collect();
     assert_eq!(delivered, ids, "delivered oldest first:\n{drill}");
-    assert!(drill.contains("2 of 2 messages reached the primary"), "{drill}");
+    assert!(
+        drill.contains("2 of 2 messages reached the primary"),
+        "{drill}"
+    );
 }
