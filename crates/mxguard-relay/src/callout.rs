@@ -332,48 +332,18 @@ impl Callout {
         primary: &Primary,
         domain: &str,
     ) -> Result<Vec<(String, SocketAddr)>, String> {
-        let (hosts, port) = match primary {
-            Primary::Explicit { host, port } => (vec![host.clone()], *port),
-            Primary::Mx => {
-                let records = self.lookup.mx(domain).await?;
-                let has_address = false;
-                let route = mxguard_dns::plan::plan(domain, &records, has_address);
-                let hops = route.more_preferred_than(&self.helo);
-                if hops.is_empty() {
-                    return Err(format!(
-                        "no MX host of {domain} is more preferred than this relay ({})",
-                        self.helo
-                    ));
-                }
-                (hops.into_iter().map(|h| h.exchange).collect(), self.mx_port)
-            }
+        let me = crate::hops::Me {
+            hostname: &self.helo,
+            mx_port: self.mx_port,
+            own: &self.own,
         };
-        let mut out = Vec::new();
-        let mut errors = Vec::new();
-        for host in hosts {
-            if mxguard_dns::net::normalize_name(&host)
-                == mxguard_dns::net::normalize_name(&self.helo)
-            {
-                continue;
-            }
-            match self.lookup.addresses(&host).await {
-                Ok(ips) => out.extend(
-                    ips.into_iter()
-                        .map(|ip| SocketAddr::new(ip, port))
-                        .filter(|a| !self.own.contains(a))
-                        .map(|a| (host.clone(), a)),
-                ),
-                Err(e) => errors.push(e),
-            }
-        }
-        if out.is_empty() {
-            return Err(if errors.is_empty() {
-                format!("the primary of {domain} has no usable address")
-            } else {
-                errors.join("; ")
-            });
-        }
-        Ok(out)
+        crate::hops::next_hops(
+            self.lookup.as_ref(),
+            crate::hops::Whose::Backed(primary),
+            domain,
+            me,
+        )
+        .await
     }
 
     async fn ask(&self, primary: &Primary, domain: &str, address: &str) -> Asked {

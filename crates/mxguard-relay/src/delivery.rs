@@ -27,6 +27,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::callout::{Lookup, Primary, sanitize};
 use crate::config::{DeliveryConfig, TlsPolicy};
 use crate::events::{Events, MailEvent};
+use crate::hops::{Me, Whose, next_hops};
 use crate::metrics::Metrics;
 
 /// What one recipient's attempt came to.
@@ -597,60 +598,17 @@ impl Delivery {
 
     /// The addresses to deliver `domain`'s mail to, in order.
     async fn targets(&self, domain: &str) -> Result<Vec<(String, SocketAddr)>, String> {
-        let (hosts, port) = match self.route(domain) {
-            Route::Backed {
-                primary: Primary::Explicit { host, port },
-                ..
-            } => (vec![host], port),
-            Route::Backed {
-                primary: Primary::Mx,
-                ..
-            } => {
-                let records = self.lookup.mx(domain).await?;
-                let route = mxguard_dns::plan::plan(domain, &records, false);
-                let hops = route.more_preferred_than(&self.helo);
-                if hops.is_empty() {
-                    return Err(format!(
-                        "no MX host of {domain} is more preferred than this relay"
-                    ));
-                }
-                (hops.into_iter().map(|h| h.exchange).collect(), self.mx_port)
-            }
-            Route::Foreign => {
-                let records = self.lookup.mx(domain).await?;
-                let route = mxguard_dns::plan::plan(domain, &records, true);
-                if matches!(route, mxguard_dns::plan::Route::NullMx) {
-                    return Err(format!("{domain} accepts no mail (null MX)"));
-                }
-                let hops = route.more_preferred_than(&self.helo);
-                (hops.into_iter().map(|h| h.exchange).collect(), self.mx_port)
-            }
+        let route = self.route(domain);
+        let whose = match &route {
+            Route::Backed { primary, .. } => Whose::Backed(primary),
+            Route::Foreign => Whose::Foreign,
         };
-        let me = mxguard_dns::net::normalize_name(&self.helo);
-        let mut out = Vec::new();
-        let mut errors = Vec::new();
-        for host in hosts {
-            if mxguard_dns::net::normalize_name(&host) == me {
-                continue;
-            }
-            match self.lookup.addresses(&host).await {
-                Ok(ips) => out.extend(
-                    ips.into_iter()
-                        .map(|ip| SocketAddr::new(ip, port))
-                        .filter(|a| !self.own.contains(a))
-                        .map(|a| (host.clone(), a)),
-                ),
-                Err(e) => errors.push(e),
-            }
-        }
-        if out.is_empty() {
-            return Err(if errors.is_empty() {
-                format!("no address to deliver {domain}'s mail to")
-            } else {
-                errors.join("; ")
-            });
-        }
-        Ok(out)
+        let me = Me {
+            hostname: &self.helo,
+            mx_port: self.mx_port,
+            own: &self.own,
+        };
+        next_hops(self.lookup.as_ref(), whose, domain, me).await
     }
 
     fn gate(&self, domain: &str) -> Arc<Gate> {

@@ -18,6 +18,7 @@ pub mod data;
 pub mod delivery;
 pub mod dsn;
 pub mod events;
+pub mod hops;
 pub mod list;
 pub mod metrics;
 pub mod policy;
