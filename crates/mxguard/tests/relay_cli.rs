@@ -412,3 +412,106 @@ fn demo_shows_an_outage_and_the_recovery() {
         "{drill}"
     );
 }
+
+/// SIGHUP re-reads the file: a domain added is served by new sessions; a
+/// broken file changes nothing.
+#[test]
+fn sighup_reloads_the_configuration() {
+    let dir = Dir::new("hup");
+    dir.write("users", "@example.com\n@example.org\n");
+    let (port, admin) = (free_port(), free_port());
+    let text = |domains: &str| {
+        format!(
+            "hostname = \"backup.example.net\"\n[smtp]\nlisten = [\"127.0.0.1:{port}\"]\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[spool]\npath = \"spool\"\n\
+             [delivery]\ndsn = \"never\"\n{domains}"
+        )
+    };
+    let one = "[[domains]]\nname = \"example.com\"\nprimary = \"127.0.0.1:9\"\nrecipients = \"list\"\nrecipient_list = \"users\"\n";
+    let two = format!(
+        "{one}[[domains]]\nname = \"example.org\"\nprimary = \"127.0.0.1:9\"\nrecipients = \"list\"\nrecipient_list = \"users\"\n"
+    );
+    let cfg = dir.write("relay.toml", &text(one));
+    let child = bin()
+        .args(["relay", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(child);
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "relay never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rcpt = |to: &str| -> String {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut r = BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        let mut reply = || {
+            let mut last = String::new();
+            loop {
+                let mut l = String::new();
+                r.read_line(&mut l).unwrap();
+                if l.as_bytes().get(3) != Some(&b'-') {
+                    last.push_str(&l);
+                    return last;
+                }
+            }
+        };
+        reply();
+        let mut out = String::new();
+        for cmd in [
+            "EHLO client.example",
+            "MAIL FROM:<>",
+            &format!("RCPT TO:<{to}>"),
+            "QUIT",
+        ] {
+            w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+            out = reply();
+            if cmd.starts_with("RCPT") {
+                break;
+            }
+        }
+        out
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &guard.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    assert!(rcpt("bob@example.org").starts_with("550 5.7.1"));
+    std::fs::write(&cfg, text(&two)).unwrap();
+    hup();
+    let start = Instant::now();
+    while !rcpt("bob@example.org").starts_with("250") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reload never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A broken file: the running configuration stays.
+    std::fs::write(&cfg, "hostname = \"not a host\"\n").unwrap();
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rcpt("bob@example.org").starts_with("250"));
+    assert!(rcpt("alice@example.com").starts_with("250"));
+}
