@@ -62,6 +62,9 @@ impl Shared {
     }
 }
 
+/// The longest DATA waits for an SPF check still running.
+const SPF_WAIT_AT_DATA: Duration = Duration::from_secs(1);
+
 /// Read sizes between commands and during DATA.
 const COMMAND_CHUNK: usize = 1024;
 const DATA_CHUNK: usize = 64 * 1024;
@@ -701,11 +704,15 @@ impl Session {
             self.wire.reply("554 5.5.1 Error: no valid recipients");
             return Ok(false);
         }
+        // SPF has had the recipients' time to finish; with DNS in trouble,
+        // the message must not wait for it: an unknown result only means
+        // the sender gets no notices.
         let spf = match tx.spf.as_mut() {
             Some(task) => Some(
-                (&mut task.0)
-                    .await
-                    .unwrap_or(mxguard_queue::SpfResult::TempError),
+                match tokio::time::timeout(SPF_WAIT_AT_DATA, &mut task.0).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) | Err(_) => mxguard_queue::SpfResult::TempError,
+                },
             ),
             None => None,
         };

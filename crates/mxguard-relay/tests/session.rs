@@ -621,3 +621,49 @@ async fn reload_applies_new_domains_and_lists_to_new_sessions() {
     assert_eq!(code(&c2.cmd("RCPT TO:<bob@example.org>").await), "250");
     assert_eq!(code(&c2.cmd("RCPT TO:<alice@example.com>").await), "250");
 }
+
+/// SPF that never answers in time (DNS in trouble) must not hold mail up:
+/// DATA waits a moment, then the message is taken with spf = temp-error.
+#[tokio::test]
+async fn a_slow_spf_check_does_not_hold_up_the_message() {
+    use std::sync::Arc;
+
+    use mxguard_queue::SpfResult;
+    use mxguard_relay::callout::BoxFuture;
+
+    #[derive(Debug)]
+    struct Stuck;
+    impl mxguard_relay::spf::SpfCheck for Stuck {
+        fn check<'a>(&'a self, _: IpAddr, _: &'a str, _: &'a str) -> BoxFuture<'a, SpfResult> {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                SpfResult::Pass
+            })
+        }
+    }
+    let dir = Scratch::new("spf-slow");
+    std::fs::write(dir.path().join("users"), "alice@example.com\n").unwrap();
+    let relay = Relay::start_spf(
+        dir,
+        "",
+        LIST_DOMAIN,
+        false,
+        Default::default(),
+        25,
+        Some(Arc::new(Stuck)),
+    )
+    .await;
+    let mut c = relay.client().await;
+    let start = std::time::Instant::now();
+    let r = c
+        .send_mail("a@sender.example", &["alice@example.com"], MESSAGE)
+        .await;
+    assert!(r.last().unwrap().starts_with("250 2.0.0"), "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    let entries = relay.spool.list().unwrap();
+    assert_eq!(entries[0].envelope.spf, Some(SpfResult::TempError));
+}

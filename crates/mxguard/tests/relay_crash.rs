@@ -403,6 +403,8 @@ impl Relays {
     }
 
     fn write_config(&self, addr: SocketAddr, spool: &Path) {
+        // The primary is a port nothing listens on, so accepted mail stays
+        // in the spool where the test counts it; no SPF (dsn = "never").
         let toml = format!(
             "hostname = \"{HOSTNAME}\"\n\
              [smtp]\n\
@@ -413,8 +415,12 @@ impl Relays {
              listen = \"127.0.0.1:0\"\n\
              [dns]\n\
              resolver = \"127.0.0.1:53\"\n\
+             [delivery]\n\
+             dsn = \"never\"\n\
+             retry = [\"1h\"]\n\
              [[domains]]\n\
              name = \"example.com\"\n\
+             primary = \"127.0.0.1:9\"\n\
              recipients = \"list\"\n\
              recipient_list = \"users\"\n",
             spool = spool.to_str().expect("utf-8 scratch path"),
