@@ -600,3 +600,31 @@ async fn spf_authenticated_senders_get_notices_forged_ones_do_not() {
         "{text}"
     );
 }
+
+/// `tls = "required"`: a primary without STARTTLS gets nothing; the
+/// message waits.
+#[tokio::test]
+async fn required_tls_defers_when_the_primary_offers_none() {
+    let plain = LabSmtp::start(LOCALHOST, 0, HostScript::new("mail.example.com"))
+        .await
+        .unwrap();
+    let body = format!(
+        "{FAST}[[domains]]\nname = \"example.com\"\nprimary = \"{}\"\nrecipients = \"list\"\n\
+         recipient_list = \"users\"\ntls = \"required\"\n",
+        plain.addr()
+    );
+    let mut relay = relay(&body, "", FakeDns::default(), 25).await;
+    send(&relay, "a@sender.example", "bob@example.com").await;
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while seen.is_empty() {
+        assert!(Instant::now() < end, "no attempt");
+        deliveries(&mut relay, &mut seen);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen[0].1, "deferred", "{seen:?}");
+    assert!(seen[0].2.contains("STARTTLS is required"), "{seen:?}");
+    assert!(plain.messages().is_empty());
+    assert!(!plain.saw("MAIL"), "nothing is sent in the clear");
+    assert_eq!(relay.queued(), 1);
+}
