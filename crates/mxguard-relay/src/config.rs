@@ -220,7 +220,7 @@ pub enum DsnPolicy {
 }
 
 /// TLS towards the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsPolicy {
     /// STARTTLS when offered; plain text otherwise.

@@ -198,6 +198,9 @@ pub struct Delivery {
     idle: Notify,
     sched: Mutex<Sched>,
     gates: Mutex<HashMap<String, Arc<Gate>>>,
+    /// Open connections waiting for the next message, by address.
+    pool: Mutex<HashMap<(SocketAddr, TlsPolicy), Vec<Idle>>>,
+    last_probe: Mutex<Instant>,
     wake: Notify,
     dsn: crate::dsn::Notices,
 }
@@ -244,6 +247,8 @@ impl Delivery {
             metrics: p.metrics,
             sched: Mutex::new(Sched::default()),
             gates: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+            last_probe: Mutex::new(Instant::now()),
             wake: Notify::new(),
             dsn,
         })
@@ -522,7 +527,11 @@ impl Delivery {
 
     async fn probe_loop(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(self.cfg.probe_interval).await;
+            tokio::time::sleep(self.cfg.probe_interval.min(Duration::from_secs(1))).await;
+            self.close_idle(false).await;
+            if !self.probe_due() {
+                continue;
+            }
             let down: Vec<String> = lock(&self.sched).down.keys().cloned().collect();
             for domain in down {
                 if self.probe(&domain).await {
@@ -530,6 +539,36 @@ impl Delivery {
                     self.recovered(&domain);
                 }
             }
+        }
+    }
+
+    /// Whether a probe round is due (probe_interval since the last one).
+    fn probe_due(&self) -> bool {
+        let mut last = lock(&self.last_probe);
+        if last.elapsed() >= self.cfg.probe_interval {
+            *last = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// QUIT connections idle too long (all of them with `all`).
+    pub async fn close_idle(&self, all: bool) {
+        let expired: Vec<Idle> = {
+            let mut pool = lock(&self.pool);
+            let mut out = Vec::new();
+            for list in pool.values_mut() {
+                let (old, keep): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|i| all || i.since.elapsed() >= IDLE_KEEP);
+                *list = keep;
+                out.extend(old);
+            }
+            out
+        };
+        for mut idle in expired {
+            idle.conn.quit().await;
         }
     }
 
@@ -885,7 +924,9 @@ impl Delivery {
         }
     }
 
-    /// One conversation. Err carries whether the server was reached.
+    /// One message over one connection: a connection left open by an
+    /// earlier delivery to the same address if there is one, else a new
+    /// one. Err carries whether the server was reached.
     async fn deliver_to(
         &self,
         host: &str,
@@ -895,28 +936,90 @@ impl Delivery {
         message: &[u8],
         rcpts: &[String],
     ) -> Result<Vec<(Outcome, String)>, (String, bool)> {
+        while let Some(mut idle) = self.take_idle(addr, tls) {
+            match self
+                .transact(&mut idle.conn, &idle.caps, envelope, message, rcpts)
+                .await
+            {
+                Ok((results, clean)) => {
+                    idle.uses += 1;
+                    self.keep_or_close(addr, tls, idle, clean).await;
+                    return Ok(results);
+                }
+                // Closed while idle: nothing was accepted; a fresh one.
+                Err(TransactError {
+                    mail_accepted: false,
+                    ..
+                }) => continue,
+                Err(e) => return Err((e.text, true)),
+            }
+        }
         let cfg = self.client_config(self.cfg.command_timeout);
         let (mut conn, banner) = Connection::connect(addr, cfg)
             .await
             .map_err(|e| (e.to_string(), !is_unreachable(&e)))?;
-        let result = self
-            .converse(&mut conn, banner, host, tls, envelope, message, rcpts)
-            .await;
-        conn.quit().await;
-        result.map_err(|e| (e, true))
+        let caps = match self.open_session(&mut conn, banner, host, tls).await {
+            Ok(c) => c,
+            Err(e) => {
+                conn.quit().await;
+                return Err((e, true));
+            }
+        };
+        match self
+            .transact(&mut conn, &caps, envelope, message, rcpts)
+            .await
+        {
+            Ok((results, clean)) => {
+                let idle = Idle {
+                    conn,
+                    caps,
+                    since: Instant::now(),
+                    uses: 1,
+                };
+                self.keep_or_close(addr, tls, idle, clean).await;
+                Ok(results)
+            }
+            Err(e) => {
+                conn.quit().await;
+                Err((e.text, true))
+            }
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn converse(
+    fn take_idle(&self, addr: SocketAddr, tls: TlsPolicy) -> Option<Idle> {
+        let mut pool = lock(&self.pool);
+        let list = pool.get_mut(&(addr, tls))?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < IDLE_KEEP {
+                return Some(idle);
+            }
+        }
+        None
+    }
+
+    /// Keep a connection for the next message to the same address, or say
+    /// goodbye.
+    async fn keep_or_close(&self, addr: SocketAddr, tls: TlsPolicy, mut idle: Idle, clean: bool) {
+        if clean && idle.uses < MAX_USES {
+            let mut pool = lock(&self.pool);
+            let list = pool.entry((addr, tls)).or_default();
+            if list.len() < self.cfg.destination_concurrency {
+                idle.since = Instant::now();
+                list.push(idle);
+                return;
+            }
+        }
+        idle.conn.quit().await;
+    }
+
+    /// Greeting, EHLO, STARTTLS: a connection ready for MAIL.
+    async fn open_session(
         &self,
         conn: &mut Connection,
         banner: Reply,
         host: &str,
         tls: TlsPolicy,
-        envelope: &Envelope,
-        message: &[u8],
-        rcpts: &[String],
-    ) -> Result<Vec<(Outcome, String)>, String> {
+    ) -> Result<mxguard_smtp::Capabilities, String> {
         let text = |e: SmtpError| e.to_string();
         if !banner.is_positive() {
             return Err(format!("greeting {}", sanitize(&banner.one_line())));
@@ -952,10 +1055,32 @@ impl Delivery {
         } else if tls == TlsPolicy::Required {
             return Err("STARTTLS is required for this domain and not offered".into());
         }
+        Ok(caps)
+    }
+
+    /// One transaction on a ready connection: the per-recipient results,
+    /// and whether the connection is clean for another (no transaction
+    /// left open).
+    async fn transact(
+        &self,
+        conn: &mut Connection,
+        caps: &mxguard_smtp::Capabilities,
+        envelope: &Envelope,
+        message: &[u8],
+        rcpts: &[String],
+    ) -> Result<(Vec<(Outcome, String)>, bool), TransactError> {
+        let early = |e: SmtpError| TransactError {
+            text: e.to_string(),
+            mail_accepted: false,
+        };
+        let late = |e: SmtpError| TransactError {
+            text: e.to_string(),
+            mail_accepted: true,
+        };
         if envelope.smtputf8 && !caps.smtputf8 {
             // RFC 6531 §3.2: such a message cannot go to a server without
             // SMTPUTF8.
-            return Ok(rcpts
+            let r = rcpts
                 .iter()
                 .map(|_| {
                     (
@@ -963,7 +1088,8 @@ impl Delivery {
                         "the message needs SMTPUTF8 and the primary does not offer it".into(),
                     )
                 })
-                .collect());
+                .collect();
+            return Ok((r, true));
         }
         let mut mail = format!("MAIL FROM:<{}>", envelope.mail_from);
         if caps.size.is_some() {
@@ -975,15 +1101,18 @@ impl Delivery {
         if envelope.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
-        let m = conn.command(&mail).await.map_err(text)?;
+        let m = conn.command(&mail).await.map_err(early)?;
         match outcome_of(&m) {
             Outcome::Delivered => {}
             o @ (Outcome::Transient | Outcome::Permanent) => {
                 let line = sanitize(&m.one_line());
-                return Ok(rcpts
+                let r = rcpts
                     .iter()
                     .map(|_| (o.clone(), format!("MAIL: {line}")))
-                    .collect());
+                    .collect();
+                // A 421 (or any 4xx at MAIL on a reused connection) may be
+                // the server closing: not clean.
+                return Ok((r, false));
             }
         }
         let mut results = Vec::with_capacity(rcpts.len());
@@ -992,7 +1121,7 @@ impl Delivery {
             let reply = conn
                 .command(&format!("RCPT TO:<{r}>"))
                 .await
-                .map_err(text)?;
+                .map_err(late)?;
             let o = outcome_of(&reply);
             if o == Outcome::Delivered {
                 accepted += 1;
@@ -1000,10 +1129,10 @@ impl Delivery {
             results.push((o, sanitize(&reply.one_line())));
         }
         if accepted == 0 {
-            let _ = conn.command("RSET").await;
-            return Ok(results);
+            let clean = matches!(conn.command("RSET").await, Ok(r) if r.is_positive());
+            return Ok((results, clean));
         }
-        let data = conn.command("DATA").await.map_err(text)?;
+        let data = conn.command("DATA").await.map_err(late)?;
         if data.code != 354 {
             let o = match outcome_of(&data) {
                 Outcome::Permanent => Outcome::Permanent,
@@ -1013,19 +1142,43 @@ impl Delivery {
             for r in results.iter_mut().filter(|(o, _)| *o == Outcome::Delivered) {
                 *r = (o.clone(), format!("DATA: {line}"));
             }
-            return Ok(results);
+            let clean = matches!(conn.command("RSET").await, Ok(r) if r.is_positive());
+            return Ok((results, clean));
         }
         let end = conn
             .send_message(message, self.cfg.data_timeout)
             .await
-            .map_err(text)?;
+            .map_err(late)?;
         let o = outcome_of(&end);
         let line = sanitize(&end.one_line());
         for r in results.iter_mut().filter(|(o, _)| *o == Outcome::Delivered) {
             *r = (o.clone(), line.clone());
         }
-        Ok(results)
+        // 421 at the end of DATA means the server is closing.
+        Ok((results, end.code != 421))
     }
+}
+
+/// A connection kept open for the next message to the same address.
+#[derive(Debug)]
+struct Idle {
+    conn: Connection,
+    caps: mxguard_smtp::Capabilities,
+    since: Instant,
+    uses: u32,
+}
+
+/// How long an open connection waits for the next message, and how many
+/// messages it carries at most (its transcript grows with each).
+const IDLE_KEEP: Duration = Duration::from_secs(5);
+const MAX_USES: u32 = 100;
+
+/// A conversation that broke; `mail_accepted` says whether it got past
+/// MAIL (after that, trying again elsewhere could deliver twice).
+#[derive(Debug)]
+struct TransactError {
+    text: String,
+    mail_accepted: bool,
 }
 
 /// What one attempt at one domain came to.

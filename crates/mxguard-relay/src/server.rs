@@ -237,6 +237,7 @@ impl Running {
                 "deliveries still in progress at the end of the grace period; they will be retried"
             );
         }
+        self.delivery.close_idle(true).await;
         self.tasks.abort_all();
         let callout = self.shared.policy.callout().clone();
         match tokio::task::spawn_blocking(move || callout.save()).await {

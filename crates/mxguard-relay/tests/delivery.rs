@@ -628,3 +628,51 @@ async fn required_tls_defers_when_the_primary_offers_none() {
     assert!(!plain.saw("MAIL"), "nothing is sent in the clear");
     assert_eq!(relay.queued(), 1);
 }
+
+/// A recovering primary gets the queue over a connection kept open from
+/// message to message, not one connection per message.
+#[tokio::test]
+async fn the_flush_reuses_one_connection() {
+    let port = closed_port().await;
+    let one = FAST.replace(
+        "destination_rate = 0.0",
+        "destination_rate = 0.0\ndestination_concurrency = 1",
+    );
+    let relay = relay(
+        &one,
+        &domain(&format!("127.0.0.1:{port}")),
+        FakeDns::default(),
+        25,
+    )
+    .await;
+    for i in 0..4 {
+        send(&relay, "a@sender.example", &format!("user{i}@example.com")).await;
+    }
+    until(
+        "the primary to be marked down",
+        Duration::from_secs(10),
+        || !running(&relay).delivery().down().is_empty(),
+    )
+    .await;
+    let lab = accepting(port, "mail.example.com").await;
+    until("all four messages", Duration::from_secs(10), || {
+        lab.messages().len() == 4
+    })
+    .await;
+    // One connection for the probe, one for the four messages.
+    assert_eq!(lab.connections(), 2, "{:?}", lab.commands());
+    let order: Vec<String> = lab
+        .messages()
+        .iter()
+        .map(|m| m.rcpt_to[0].clone())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "user0@example.com",
+            "user1@example.com",
+            "user2@example.com",
+            "user3@example.com"
+        ]
+    );
+}

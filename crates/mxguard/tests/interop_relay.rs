@@ -56,7 +56,9 @@ const TEST: &str = "interop_relay";
 
 /// How long Postfix's log gets to show a finished session (postlogd writes
 /// it a moment after the fact).
-const MAILLOG_WAIT: Duration = Duration::from_secs(5);
+/// Long enough for the relay to close a delivery connection it kept open
+/// for the next message (5 s idle), and Postfix to log the session.
+const MAILLOG_WAIT: Duration = Duration::from_secs(15);
 /// How long the relay gets to forward a message it has just accepted (it
 /// tries at once) and the primary to put it in the maildir.
 const DELIVERY_WAIT: Duration = Duration::from_secs(10);
