@@ -710,20 +710,31 @@ impl Delivery {
         }
         let mut newly_failed = Vec::new();
         for (domain, idx) in by_domain {
-            let gate = self.gate(&domain);
-            let _slot = match first_slot.take() {
-                Some((d, slot)) if d == domain => slot,
-                _ => match gate.slots.clone().acquire_owned().await {
-                    Ok(slot) => slot,
-                    Err(_) => return,
-                },
-            };
-            self.pace(&gate).await;
             let rcpts: Vec<String> = idx
                 .iter()
                 .map(|&i| state.recipients[i].address.clone())
                 .collect();
-            let result = self.deliver(&domain, &envelope, &message, &rcpts).await;
+            // A destination known to be down is left to the probe, which
+            // makes its mail due the moment it answers: no connection, no
+            // place taken, no pacing.
+            let down_since = lock(&self.sched).down.get(&domain).copied();
+            let result = if let Some(since) = down_since {
+                Attempt::Unreachable(format!(
+                    "{domain} has not answered since {}; waiting for it to answer a probe",
+                    humantime::format_rfc3339_seconds(since)
+                ))
+            } else {
+                let gate = self.gate(&domain);
+                let _slot = match first_slot.take() {
+                    Some((d, slot)) if d == domain => slot,
+                    _ => match gate.slots.clone().acquire_owned().await {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
+                };
+                self.pace(&gate).await;
+                self.deliver(&domain, &envelope, &message, &rcpts).await
+            };
             match &result {
                 Attempt::Unreachable(why) => {
                     let mut s = lock(&self.sched);
