@@ -163,15 +163,49 @@ pub fn queue_item(entry: &mxguard_queue::Entry) -> QueueItem {
 
 #[derive(Debug, Default)]
 struct Sched {
-    /// (due, id): what to try and when.
-    due: BTreeSet<(SystemTime, QueueId)>,
-    when: HashMap<QueueId, SystemTime>,
+    /// What to try and when, by the message's first destination: (due, id),
+    /// so each destination's mail is in order and the runner looks only at
+    /// the head of each.
+    due: HashMap<String, BTreeSet<(SystemTime, QueueId)>>,
+    when: HashMap<QueueId, (SystemTime, String)>,
     running: HashSet<QueueId>,
     held: HashSet<QueueId>,
     /// Domains each waiting message still has recipients in.
     domains: HashMap<QueueId, Vec<String>>,
     /// Destinations that could not be reached, since when.
     down: HashMap<String, SystemTime>,
+}
+
+impl Sched {
+    fn first_domain(&self, id: &QueueId) -> String {
+        self.domains
+            .get(id)
+            .and_then(|d| d.first().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Schedule (or move) `id` to `at`.
+    fn put(&mut self, id: QueueId, at: SystemTime) {
+        self.take(&id);
+        let domain = self.first_domain(&id);
+        self.due
+            .entry(domain.clone())
+            .or_default()
+            .insert((at, id.clone()));
+        self.when.insert(id, (at, domain));
+    }
+
+    /// Unschedule `id`; when it was due.
+    fn take(&mut self, id: &QueueId) -> Option<SystemTime> {
+        let (at, domain) = self.when.remove(id)?;
+        if let Some(set) = self.due.get_mut(&domain) {
+            set.remove(&(at, id.clone()));
+            if set.is_empty() {
+                self.due.remove(&domain);
+            }
+        }
+        Some(at)
+    }
 }
 
 /// Per-destination limits.
@@ -267,8 +301,7 @@ impl Delivery {
                 continue;
             }
             let at = e.state.next_attempt.unwrap_or(now);
-            s.when.insert(id.clone(), at);
-            s.due.insert((at, id));
+            s.put(id, at);
         }
         drop(s);
         self.refresh_gauges();
@@ -285,8 +318,7 @@ impl Delivery {
         domains.dedup();
         s.domains.insert(id.clone(), domains);
         let now = SystemTime::now();
-        s.when.insert(id.clone(), now);
-        s.due.insert((now, id));
+        s.put(id, now);
         drop(s);
         self.refresh_gauges();
         self.wake.notify_one();
@@ -294,19 +326,14 @@ impl Delivery {
 
     fn schedule(&self, id: &QueueId, at: SystemTime) {
         let mut s = lock(&self.sched);
-        if let Some(old) = s.when.insert(id.clone(), at) {
-            s.due.remove(&(old, id.clone()));
-        }
-        s.due.insert((at, id.clone()));
+        s.put(id.clone(), at);
         drop(s);
         self.wake.notify_one();
     }
 
     fn unschedule(&self, id: &QueueId) {
         let mut s = lock(&self.sched);
-        if let Some(old) = s.when.remove(id) {
-            s.due.remove(&(old, id.clone()));
-        }
+        s.take(id);
     }
 
     /// Try `id` now (or everything, with None), even before its time.
@@ -363,9 +390,7 @@ impl Delivery {
                 let mut s = lock(&self.sched);
                 if !s.running.contains(id) {
                     // Not picked again while we remove it.
-                    if let Some(old) = s.when.remove(id) {
-                        s.due.remove(&(old, id.clone()));
-                    }
+                    s.take(id);
                     break;
                 }
             }
@@ -437,66 +462,54 @@ impl Delivery {
         loop {
             let now = SystemTime::now();
             let mut next_wait = Duration::from_secs(3600);
-            // Due messages in order (oldest first among equals: ids sort
-            // by arrival). A message starts only with a place at its first
-            // destination, taken here, so that one destination's messages
-            // start in order; a destination that is full holds back only
-            // its own messages.
-            let mut blocked: HashSet<String> = HashSet::new();
-            let mut cursor: Option<(SystemTime, QueueId)> = None;
+            // The oldest due message among destinations with a free place
+            // (ids sort by arrival); its place is taken here, so that each
+            // destination's mail starts in order and a full destination
+            // holds back only its own.
+            let mut full: HashSet<String> = HashSet::new();
             loop {
                 let picked = {
                     let mut s = lock(&self.sched);
-                    let mut found = None;
-                    let candidates: Vec<(SystemTime, QueueId)> = match &cursor {
-                        None => s.due.iter().take(64).cloned().collect(),
-                        Some(c) => s
-                            .due
-                            .range((
-                                std::ops::Bound::Excluded(c.clone()),
-                                std::ops::Bound::Unbounded,
-                            ))
-                            .take(64)
-                            .cloned()
-                            .collect(),
-                    };
-                    if candidates.is_empty() {
-                        None
-                    } else {
-                        for (at, id) in candidates {
-                            if at > now {
-                                next_wait = at.duration_since(now).unwrap_or_default();
-                                found = Some(None);
-                                break;
-                            }
-                            cursor = Some((at, id.clone()));
-                            let domain = s
-                                .domains
-                                .get(&id)
-                                .and_then(|d| d.first().cloned())
-                                .unwrap_or_default();
-                            if blocked.contains(&domain) {
-                                continue;
-                            }
-                            match self.gate(&domain).slots.clone().try_acquire_owned() {
-                                Ok(slot) => {
-                                    s.due.remove(&(at, id.clone()));
-                                    s.when.remove(&id);
-                                    s.running.insert(id.clone());
-                                    found = Some(Some((id, domain, slot)));
-                                    break;
-                                }
-                                Err(_) => {
-                                    blocked.insert(domain);
-                                }
-                            }
+                    let mut best: Option<(SystemTime, QueueId, String)> = None;
+                    for (domain, set) in &s.due {
+                        let Some((at, id)) = set.iter().next() else {
+                            continue;
+                        };
+                        if *at > now {
+                            next_wait = next_wait.min(at.duration_since(now).unwrap_or_default());
+                            continue;
                         }
-                        // Some(None): nothing due now; None: keep scanning.
-                        match found {
-                            Some(x) => x,
-                            None => continue,
+                        if full.contains(domain) {
+                            continue;
+                        }
+                        if best
+                            .as_ref()
+                            .is_none_or(|(bat, bid, _)| (at, id) < (bat, bid))
+                        {
+                            best = Some((*at, id.clone(), domain.clone()));
                         }
                     }
+                    match best {
+                        None => None,
+                        Some((_, id, domain)) => {
+                            match self.gate(&domain).slots.clone().try_acquire_owned() {
+                                Ok(slot) => {
+                                    s.take(&id);
+                                    s.running.insert(id.clone());
+                                    Some(Some((id, domain, slot)))
+                                }
+                                Err(_) => {
+                                    full.insert(domain);
+                                    Some(None)
+                                }
+                            }
+                        }
+                    }
+                };
+                let picked = match picked {
+                    None => break,
+                    Some(None) => continue,
+                    Some(Some(p)) => Some(p),
                 };
                 let Some((id, domain, slot)) = picked else {
                     break;
