@@ -433,11 +433,13 @@ run_relay() {
     if [[ -n $TRACE_PID ]]; then
         kill -INT "$TRACE_PID" 2>/dev/null; wait "$TRACE_PID" 2>/dev/null || true; TRACE_PID=
     fi
-    sleep 0.3 # the last QUITs
-    stop_sink "$RL/sink-$tag.out"
     m=$(scrape)
     DELIVERED=$(cut -d' ' -f3 <<<"$m")
+    # smtp-sink counts a session when it ends: stop the relay first (it says
+    # QUIT on the connections it keeps open for more mail).
     stop_relay
+    sleep 0.3
+    stop_sink "$RL/sink-$tag.out"
     result "$label" "$(cat "$RL/drain-$tag")" "$c0" "$c1" "$b0" "$b1"
     LOGLINES=$(wc -l <"$log")
     WARNS=$(grep -c -E 'WARN|ERROR' "$log" || true)

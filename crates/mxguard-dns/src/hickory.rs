@@ -40,6 +40,20 @@ impl ResolverSpec {
     }
 }
 
+/// One name server at `addr`, over UDP with TCP, on its port (hickory's
+/// own constructor assumes 53).
+pub fn name_server(addr: SocketAddr) -> NameServerConfig {
+    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+    ns.connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+        .into_iter()
+        .map(|mut c| {
+            c.port = addr.port();
+            c
+        })
+        .collect();
+    ns
+}
+
 /// A [`Resolver`] that asks real DNS servers through hickory.
 ///
 /// Built for auditing rather than for a busy client: it talks to the name
@@ -84,14 +98,7 @@ impl HickoryResolver {
                 (servers, opts, desc)
             }
             ResolverSpec::Server(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                ns.connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                    .into_iter()
-                    .map(|mut c| {
-                        c.port = addr.port();
-                        c
-                    })
-                    .collect();
+                let ns = name_server(*addr);
                 (
                     vec![ns],
                     ResolverOpts::default(),

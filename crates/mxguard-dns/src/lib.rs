@@ -18,5 +18,5 @@ pub mod net;
 pub mod plan;
 mod resolver;
 
-pub use hickory::{HickoryResolver, ResolverSpec};
+pub use hickory::{HickoryResolver, ResolverSpec, name_server};
 pub use resolver::{Answer, LookupError, LookupResult, MxRecord, Resolver};

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mail_auth::MessageAuthenticator;
 use mail_auth::spf::verify::SpfParameters;
 use mxguard_queue::SpfResult;
@@ -40,14 +40,7 @@ impl MailAuthSpf {
         let auth = match server {
             None => MessageAuthenticator::new_system_conf(),
             Some(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                ns.connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                    .into_iter()
-                    .map(|mut c| {
-                        c.port = addr.port();
-                        c
-                    })
-                    .collect();
+                let ns = mxguard_dns::name_server(addr);
                 let mut opts = ResolverOpts::default();
                 opts.timeout = Duration::from_secs(2);
                 opts.attempts = 2;
