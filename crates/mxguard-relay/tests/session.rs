@@ -96,8 +96,14 @@ async fn accepts_listed_recipients_and_stores_the_message_byte_for_byte() {
         + 2;
     assert_eq!(&bytes[ours..], message);
 
-    // The events: connect, accepted with the queue id, disconnect.
-    let events = relay.drain_events();
+    // The session's events: connect, accepted with the queue id, disconnect.
+    // The queue runner may already have tried the message (this relay has no
+    // next hop), so its delivery events are left out.
+    let events: Vec<_> = relay
+        .drain_events()
+        .into_iter()
+        .filter(|e| !matches!(e, MailEvent::Delivery { .. }))
+        .collect();
     assert!(
         matches!(events[0], MailEvent::Connect { refused: None, .. }),
         "{events:?}"
