@@ -7,10 +7,23 @@ use crate::facts::DomainFacts;
 use crate::findings::{Finding, FindingId as Id, Severity};
 use crate::report::{BackupVerdict, MxHost, Verdict};
 
-/// How long common senders keep retrying before they bounce, in the words
-/// the verdict uses. Postfix and Sendmail hold mail 5 days by default, Exim
-/// about 4; RFC 5321 §4.5.4.1 asks for at least 4-5 days.
-const SENDER_QUEUE_WINDOW: &str = "4 to 5 days";
+/// How long an outage the common senders' queues cover without loss, in
+/// the words the verdict uses — worked out by `mxguard-sim` from the
+/// built-in sender profiles (docs/senders.md): the span ("24 hours") and
+/// who sets it ("Exchange Online gives up first; Postfix keeps trying for
+/// 5 days").
+pub fn sender_queue_window() -> (String, String) {
+    let c = mxguard_sim::common_coverage();
+    (
+        mxguard_sim::format_approx(c.covered),
+        format!(
+            "{} gives up first; {} keeps trying for {}",
+            c.first_to_give_up,
+            c.longest.1,
+            mxguard_sim::format_approx(c.longest.0)
+        ),
+    )
+}
 
 /// One line of advice for a finding, or `None` when it needs none.
 pub fn fix_for(id: Id) -> Option<&'static str> {
@@ -122,6 +135,7 @@ fn join_words(ids: &[Id]) -> String {
 
 /// Judge the domain's backup MX from what DNS and SMTP showed.
 pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> Verdict {
+    let (window, who) = sender_queue_window();
     let d = &facts.domain;
     let mut advice: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -180,7 +194,7 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
     if backups.is_empty() {
         let front_trouble = findings.iter().any(|f| f.severity >= Severity::Warning);
         let mut summary = format!(
-            "{d} has no backup MX and needs none: sending servers queue mail and retry for {SENDER_QUEUE_WINDOW} (RFC 5321 §4.5.4.1), so an outage of the primary shorter than that loses nothing — the mail arrives when it is back."
+            "{d} has no backup MX and needs none: sending servers queue mail and retry (RFC 5321 §4.5.4.1), and the common senders' queues cover an outage of up to {window} without loss ({who}) — the mail arrives when the primary is back."
         );
         if front_trouble {
             summary.push_str(" The problems found concern the primary itself: fix them first; a backup would not.");
@@ -207,7 +221,7 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
         .collect();
     if !liable.is_empty() {
         advice.push(format!(
-            "Or drop the backup: publish only `{d}. IN MX 10 {primary}.` — senders' queues cover outages of up to {SENDER_QUEUE_WINDOW}."
+            "Or drop the backup: publish only `{d}. IN MX 10 {primary}.` — senders' queues cover outages of up to {window}."
         ));
         let what = liable
             .iter()
@@ -249,7 +263,7 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
         return Verdict {
             backup_mx: BackupVerdict::Redundant,
             summary: format!(
-                "{d}'s backup MX ({names}) {why}, so it adds nothing; senders' queues cover outages of the primary of up to {SENDER_QUEUE_WINDOW}."
+                "{d}'s backup MX ({names}) {why}, so it adds nothing; senders' queues cover outages of the primary of up to {window}."
             ),
             advice,
         };
@@ -327,7 +341,7 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
             summary.push('.');
         }
         summary.push_str(&format!(
-            " It helps only for outages longer than senders' own queues ({SENDER_QUEUE_WINDOW}), and only while it keeps the primary's recipient list and spam policy.{unverified}"
+            " It helps only for outages longer than the common senders' queues cover ({window}: {who}), and only while it keeps the primary's recipient list and spam policy.{unverified}"
         ));
         return Verdict {
             backup_mx: BackupVerdict::Healthy,
@@ -340,7 +354,7 @@ pub fn verdict(facts: &DomainFacts, findings: &[Finding], smtp_probed: bool) -> 
         return Verdict {
             backup_mx: BackupVerdict::Redundant,
             summary: format!(
-                "{d}'s backup MX {} is on separate infrastructure but does not match the primary: it {}. Until it does, it adds a weaker path rather than resilience; senders' queues already cover outages of up to {SENDER_QUEUE_WINDOW}.",
+                "{d}'s backup MX {} is on separate infrastructure but does not match the primary: it {}. Until it does, it adds a weaker path rather than resilience; senders' queues already cover outages of up to {window}.",
                 b.exchange,
                 join_words(&ids)
             ),

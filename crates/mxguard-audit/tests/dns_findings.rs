@@ -70,6 +70,22 @@ async fn clean_single_mx_has_no_findings() {
     let r = lab.check("ok.lab").await;
     assert!(r.findings.is_empty(), "{:?}", r.findings);
     assert_eq!(r.verdict.backup_mx, BackupVerdict::NotNeeded);
+    // The summary says how long an outage the common senders cover, as the
+    // simulator works it out from their profiles.
+    let c = mxguard_sim::common_coverage();
+    let span = mxguard_sim::format_approx(c.covered);
+    assert!(
+        r.verdict
+            .summary
+            .contains(&format!("cover an outage of up to {span} without loss")),
+        "{}",
+        r.verdict.summary
+    );
+    assert!(
+        r.verdict.summary.contains(&c.first_to_give_up),
+        "{}",
+        r.verdict.summary
+    );
     assert_eq!(r.mx.len(), 1);
     let a = &r.mx[0].addresses[0];
     assert_eq!(a.asn, Some(64540));

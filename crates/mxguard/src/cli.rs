@@ -25,6 +25,44 @@ pub enum Command {
     Relay(RelayArgs),
     /// Look at and steer the relay's queue.
     Queue(QueueArgs),
+    /// What real senders do while your MX is down — with and without a
+    /// backup MX.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// How long the primary is down (e.g. 90m, 6h, 6d).
+    #[arg(long, value_name = "DURATION")]
+    pub outage: String,
+    /// How far into the outage the message is sent (default: as it begins).
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub start: String,
+    /// Only these senders (ids as in `docs/senders.md`; repeat the flag or
+    /// separate with commas). Default: all.
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub profile: Vec<String>,
+    /// Add the profiles in this TOML file (a profile with a built-in id
+    /// replaces the built-in one).
+    #[arg(long, value_name = "FILE")]
+    pub profile_file: Vec<PathBuf>,
+    /// Put a backup MX in the route, with mxguard relay's default retry
+    /// and flush-on-recovery settings.
+    #[arg(long)]
+    pub backup: bool,
+    /// Take the backup's settings from this relay configuration's
+    /// `[delivery]` table (implies --backup).
+    #[arg(long, value_name = "FILE")]
+    pub relay_config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: SimFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SimFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]

@@ -103,6 +103,7 @@ pub async fn run(args: DemoArgs) -> Result<Exit, Failure> {
     drop((ca_file, smtp, dns));
     if args.format == Format::Text {
         crate::drill::run().await?;
+        output::write_styled(&crate::simulate::demo_section())?;
     }
     Ok(match status {
         Exit::Error => Exit::Error,

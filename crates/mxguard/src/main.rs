@@ -13,6 +13,7 @@ mod output;
 mod queue;
 mod relay;
 mod render;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -95,6 +96,7 @@ fn main() -> ExitCode {
             cli::Command::Demo(args) => demo::run(args).await,
             cli::Command::Relay(args) => relay::run(args).await,
             cli::Command::Queue(args) => queue::run(args).await,
+            cli::Command::Simulate(args) => simulate::run(args),
         }
     });
     match result {

@@ -369,6 +369,24 @@ impl Postfix {
         ip: Ipv4Addr,
         tls: Option<&LabCa>,
     ) -> Postfix {
+        Postfix::start_tuned(postfix, dir, name, role, hostname, ip, tls, "")
+    }
+
+    /// [`start_on_free_port`] with `extra` lines appended to `main.cf`
+    /// (later settings win in Postfix).
+    ///
+    /// [`start_on_free_port`]: Postfix::start_on_free_port
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_tuned(
+        postfix: &Path,
+        dir: &Scratch,
+        name: &'static str,
+        role: &Role,
+        hostname: &str,
+        ip: Ipv4Addr,
+        tls: Option<&LabCa>,
+        extra: &str,
+    ) -> Postfix {
         for _ in 0..PORT_ATTEMPTS {
             let port = TcpListener::bind((ip, 0))
                 .and_then(|l| l.local_addr())
@@ -376,6 +394,13 @@ impl Postfix {
                 .port();
             let layout = Layout::new(dir, name);
             layout.write(role, hostname, ip, port, tls);
+            if !extra.is_empty() {
+                let main_cf = layout.conf.join("main.cf");
+                let mut text = fs::read_to_string(&main_cf).expect("reading main.cf");
+                text.push_str("# The test's own settings\n");
+                text.push_str(extra);
+                fs::write(&main_cf, text).expect("writing main.cf");
+            }
             match Postfix::start(postfix, layout, SocketAddr::from((ip, port))) {
                 Ok(server) => return server,
                 Err(StartError::PortTaken) => continue,
