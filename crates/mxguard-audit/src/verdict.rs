@@ -9,7 +9,7 @@ use crate::report::{BackupVerdict, MxHost, Verdict};
 
 /// How long an outage the common senders' queues cover without loss, in
 /// the words the verdict uses — worked out by `mxguard-sim` from the
-/// built-in sender profiles (docs/senders.md): the span ("24 hours") and
+/// built-in sender profiles (docs/senders.md): the span ("23 hours") and
 /// who sets it ("Exchange Online gives up first; Postfix keeps trying for
 /// 5 days").
 pub fn sender_queue_window() -> (String, String) {
