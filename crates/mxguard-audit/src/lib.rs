@@ -35,11 +35,34 @@ pub struct CheckOptions {
     pub smtp: Option<SmtpOptions>,
 }
 
+/// What a check has found so far, for a caller that shows it as it comes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// DNS is done: the hosts and addresses, not yet probed.
+    Planned(&'a facts::DomainFacts),
+    /// One address has been probed.
+    Probed {
+        host: &'a str,
+        ip: std::net::IpAddr,
+        probe: &'a mxguard_smtp::probe::AddressProbe,
+    },
+}
+
 /// Audit one domain (given in any form `parse_domain` accepts).
 pub async fn check_domain<R: Resolver>(
     resolver: &R,
     domain: &str,
     opts: CheckOptions,
+) -> Result<Report, GatherError> {
+    check_domain_observed(resolver, domain, opts, &|_| {}).await
+}
+
+/// [`check_domain`], telling `observe` what it learns as it goes.
+pub async fn check_domain_observed<R: Resolver>(
+    resolver: &R,
+    domain: &str,
+    opts: CheckOptions,
+    observe: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Result<Report, GatherError> {
     let started = Instant::now();
     let mut facts = facts::gather(
@@ -50,9 +73,13 @@ pub async fn check_domain<R: Resolver>(
         },
     )
     .await?;
+    observe(Progress::Planned(&facts));
     let smtp_probed = opts.smtp.is_some();
     if let Some(smtp) = &opts.smtp {
-        smtp::probe_all(&mut facts, smtp, opts.allow_private).await;
+        smtp::probe_all_observed(&mut facts, smtp, opts.allow_private, &|host, ip, probe| {
+            observe(Progress::Probed { host, ip, probe })
+        })
+        .await;
     }
     let mut findings = checks::dns_findings(
         &facts,

@@ -38,6 +38,17 @@ pub struct SmtpOptions {
 /// name (the certificate must match each), one conversation after another.
 /// Private addresses are skipped unless `allow_private`.
 pub async fn probe_all(facts: &mut DomainFacts, opts: &SmtpOptions, allow_private: bool) {
+    probe_all_observed(facts, opts, allow_private, &|_, _, _| {}).await;
+}
+
+/// [`probe_all`], telling `observe` about each probe as it finishes (host
+/// name, address, result) — how the web page shows results as they come.
+pub async fn probe_all_observed(
+    facts: &mut DomainFacts,
+    opts: &SmtpOptions,
+    allow_private: bool,
+    observe: &(dyn Fn(&str, IpAddr, &AddressProbe) + Sync),
+) {
     let deadline = tokio::time::Instant::now() + opts.deadline;
     let cfg = ClientConfig {
         helo: opts.helo.clone(),
@@ -83,7 +94,9 @@ pub async fn probe_all(facts: &mut DomainFacts, opts: &SmtpOptions, allow_privat
                     unknown_local_part: unknown.clone(),
                 };
                 tracing::debug!(%ip, host = %name, "probing");
-                results.push((name, probe::probe(&target, &cfg).await));
+                let result = probe::probe(&target, &cfg).await;
+                observe(&name, ip, &result);
+                results.push((name, result));
             }
             (ip, results)
         }

@@ -78,6 +78,24 @@ pub struct Report {
     pub backup: Option<BackupReport>,
 }
 
+impl Report {
+    /// When every sender's message (and the backup's) has been delivered
+    /// or returned, and the primary is back: the span a timeline shows.
+    pub fn settled_at(&self) -> u64 {
+        self.senders
+            .iter()
+            .filter_map(|s| s.delivered_at_s.or(s.bounced_at_s))
+            .chain(
+                self.backup
+                    .as_ref()
+                    .and_then(|b| b.delivered_at_s.or(b.bounced_at_s)),
+            )
+            .max()
+            .unwrap_or(self.recovery_at_s)
+            .max(self.recovery_at_s)
+    }
+}
+
 /// Plays the message through the outage with each profile, and through
 /// the backup if there is one.
 pub fn report(scenario: Scenario, profiles: &[Profile], backup: Option<&Backup>) -> Report {

@@ -28,6 +28,100 @@ pub enum Command {
     /// What real senders do while your MX is down — with and without a
     /// backup MX.
     Simulate(SimulateArgs),
+    /// Serve the checks and the simulation as a web page and a JSON API.
+    Web(WebArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WebArgs {
+    /// Where to listen (IP:PORT; port 0 picks a free one).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8025")]
+    pub listen: String,
+    /// Ask this DNS server instead of the system's (IP or IP:PORT).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub resolver: Option<String>,
+    /// Probe this SMTP port instead of 25 (labs and tests).
+    #[arg(long, value_name = "PORT", default_value = "25")]
+    pub smtp_port: u16,
+    /// Probe private, loopback and reserved addresses (labs only: never on a
+    /// server the public can reach).
+    #[arg(long)]
+    pub allow_private: bool,
+    /// Seconds to wait for any one network operation.
+    #[arg(long, value_name = "SECS", default_value = "10")]
+    pub timeout: f64,
+    /// Seconds one check may take in all (DNS and SMTP).
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    pub check_timeout: f64,
+    /// Checks one client address may start per minute.
+    #[arg(long, value_name = "N", default_value = "10")]
+    pub rate_limit: u32,
+    /// Checks running at once, over all clients.
+    #[arg(long, value_name = "N", default_value = "4")]
+    pub max_checks: usize,
+    /// The name to give in EHLO (default: this machine's name if it is fully
+    /// qualified).
+    #[arg(long, value_name = "NAME")]
+    pub helo: Option<String>,
+    /// Envelope sender of the relay probes (default: mxguard-probe@HELO).
+    #[arg(long, value_name = "ADDR")]
+    pub mail_from: Option<String>,
+    /// Trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl WebArgs {
+    /// Validates the flags into the server's configuration (trust roots
+    /// are loaded by the caller).
+    pub fn into_config(
+        self,
+        roots: std::sync::Arc<rustls::RootCertStore>,
+    ) -> anyhow::Result<(std::net::SocketAddr, mxguard_web::WebConfig)> {
+        let listen: std::net::SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--listen {:?}: expected IP:PORT", self.listen))?;
+        let resolver = match &self.resolver {
+            Some(r) => ResolverSpec::parse(r).map_err(anyhow::Error::msg)?,
+            None => ResolverSpec::System,
+        };
+        for (flag, v, max) in [
+            ("--timeout", self.timeout, 3600.0),
+            ("--check-timeout", self.check_timeout, 3600.0),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= max) {
+                anyhow::bail!("{flag} must be between 0 and {max} seconds, got {v}");
+            }
+        }
+        if self.rate_limit == 0 || self.max_checks == 0 {
+            anyhow::bail!("--rate-limit and --max-checks must be at least 1");
+        }
+        let (helo, mail_from) = probe_identity(self.helo.as_deref(), self.mail_from.as_deref())?;
+        let timeout = Duration::from_secs_f64(self.timeout);
+        let check_timeout = Duration::from_secs_f64(self.check_timeout);
+        Ok((
+            listen,
+            mxguard_web::WebConfig {
+                resolver,
+                dns_timeout: timeout,
+                smtp: mxguard_audit::SmtpOptions {
+                    port: self.smtp_port,
+                    helo,
+                    mail_from,
+                    timeout,
+                    // The probes end before the check's own deadline.
+                    deadline: check_timeout.mul_f64(0.8),
+                    roots,
+                },
+                allow_private: self.allow_private,
+                rate_per_minute: self.rate_limit,
+                rate_burst: self.rate_limit.clamp(1, 5),
+                max_checks: self.max_checks,
+                check_timeout,
+            },
+        ))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -185,6 +279,12 @@ pub struct DemoArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Serve the lab's domains through the web page instead (until Ctrl-C).
+    #[arg(long)]
+    pub web: bool,
+    /// With --web: where to listen (port 0 picks a free one).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8025")]
+    pub listen: String,
 }
 
 /// A `check` invocation after validation.
@@ -210,6 +310,22 @@ pub struct SmtpConfig {
     /// `None`: the system's trust store.
     pub ca_file: Option<PathBuf>,
     pub deadline: Duration,
+}
+
+/// The probes' EHLO name and envelope sender, from `--helo` and
+/// `--mail-from` or their defaults.
+fn probe_identity(helo: Option<&str>, mail_from: Option<&str>) -> anyhow::Result<(String, String)> {
+    let helo = match helo {
+        Some(h) => check_helo(h)?,
+        None => default_helo(),
+    };
+    let mail_from = match mail_from {
+        Some(m) => check_mail_from(m)?,
+        // An address literal makes a poor sender domain.
+        None if helo.starts_with('[') => "mxguard-probe@mxguard.invalid".to_owned(),
+        None => format!("mxguard-probe@{helo}"),
+    };
+    Ok((helo, mail_from))
 }
 
 /// The EHLO name when none is given: the machine's host name if it is
@@ -305,16 +421,7 @@ impl CheckArgs {
         if self.smtp_port == 0 {
             bail!("--smtp-port must be between 1 and 65535");
         }
-        let helo = match &self.helo {
-            Some(h) => check_helo(h)?,
-            None => default_helo(),
-        };
-        let mail_from = match &self.mail_from {
-            Some(m) => check_mail_from(m)?,
-            // An address literal makes a poor sender domain.
-            None if helo.starts_with('[') => "mxguard-probe@mxguard.invalid".to_owned(),
-            None => format!("mxguard-probe@{helo}"),
-        };
+        let (helo, mail_from) = probe_identity(self.helo.as_deref(), self.mail_from.as_deref())?;
         if let Some(ca) = &self.ca_file
             && !ca.is_file()
         {

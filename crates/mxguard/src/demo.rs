@@ -15,8 +15,16 @@ use mxguard_lab::{LabCa, LabDns, LabSmtpSet, ZoneSet};
 use crate::cli::{DemoArgs, Format};
 use crate::{Exit, Failure, output};
 
-pub async fn run(args: DemoArgs) -> Result<Exit, Failure> {
-    let started = Instant::now();
+/// The running lab: DNS, the SMTP hosts, and how to probe them.
+struct Lab {
+    dns: LabDns,
+    smtp: LabSmtpSet,
+    ca: LabCa,
+    host_count: usize,
+    smtp_opts: SmtpOptions,
+}
+
+async fn start_lab() -> Result<Lab, Failure> {
     let zones =
         ZoneSet::parse(DEMO_ZONE).map_err(|e| Failure::Internal(format!("demo zone: {e}")))?;
     let dns = LabDns::start(
@@ -27,9 +35,6 @@ pub async fn run(args: DemoArgs) -> Result<Exit, Failure> {
     )
     .await
     .map_err(|e| Failure::Internal(format!("starting the lab DNS server: {e}")))?;
-    let resolver = HickoryResolver::new(&ResolverSpec::Server(dns.addr()), Duration::from_secs(2))
-        .map_err(|e| Failure::Internal(format!("lab resolver: {e}")))?;
-
     let ca = LabCa::new().map_err(|e| Failure::Internal(format!("lab CA: {e}")))?;
     let hosts = demo_hosts(&ca).map_err(|e| Failure::Internal(format!("lab certificates: {e}")))?;
     let host_count = hosts.len();
@@ -47,6 +52,70 @@ pub async fn run(args: DemoArgs) -> Result<Exit, Failure> {
         deadline: Duration::from_secs(20),
         roots: Arc::new(roots),
     };
+    Ok(Lab {
+        dns,
+        smtp,
+        ca,
+        host_count,
+        smtp_opts,
+    })
+}
+
+/// `demo --web`: the lab's domains through the web page, until Ctrl-C or
+/// SIGTERM.
+async fn run_web(listen: &str) -> Result<Exit, Failure> {
+    let lab = start_lab().await?;
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|_| Failure::Usage(format!("--listen {listen:?}: expected IP:PORT")))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::Usage(format!("--listen {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Failure::Internal(format!("listener: {e}")))?;
+    let cfg = mxguard_web::WebConfig {
+        resolver: ResolverSpec::Server(lab.dns.addr()),
+        dns_timeout: Duration::from_secs(2),
+        smtp: lab.smtp_opts.clone(),
+        // The lab lives on loopback addresses.
+        allow_private: true,
+        rate_per_minute: 120,
+        rate_burst: 30,
+        max_checks: 8,
+        check_timeout: Duration::from_secs(30),
+    };
+    let domains: Vec<&str> = DEMO_DOMAINS.iter().map(|d| d.domain).collect();
+    output::write_styled(&format!(
+        "mxguard demo --web: the lab's {} domains (DNS on {}, {} SMTP hosts on 127.0.x.y port {}) behind\n\n    http://{bound}/\n\n\
+         Try backscatter.lab, backup.lab or clean.lab; all of them: {}.\nCtrl-C stops it.\n",
+        domains.len(),
+        lab.dns.addr(),
+        lab.host_count,
+        lab.smtp.port(),
+        domains.join(", "),
+    ))?;
+    mxguard_web::serve(listener, cfg, crate::web::stop_signal())
+        .await
+        .map_err(Failure::Internal)?;
+    drop(lab);
+    Ok(Exit::Clean)
+}
+
+pub async fn run(args: DemoArgs) -> Result<Exit, Failure> {
+    if args.web {
+        return run_web(&args.listen).await;
+    }
+    let started = Instant::now();
+    let Lab {
+        dns,
+        smtp,
+        ca,
+        host_count,
+        smtp_opts,
+    } = start_lab().await?;
+    let resolver = HickoryResolver::new(&ResolverSpec::Server(dns.addr()), Duration::from_secs(2))
+        .map_err(|e| Failure::Internal(format!("lab resolver: {e}")))?;
 
     // The lab CA on disk, so that the `check` command printed below trusts
     // the lab's certificates as the demo does; removed when the demo ends.

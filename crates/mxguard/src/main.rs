@@ -14,6 +14,7 @@ mod queue;
 mod relay;
 mod render;
 mod simulate;
+mod web;
 
 use std::process::ExitCode;
 
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
             cli::Command::Relay(args) => relay::run(args).await,
             cli::Command::Queue(args) => queue::run(args).await,
             cli::Command::Simulate(args) => simulate::run(args),
+            cli::Command::Web(args) => web::run(args).await,
         }
     });
     match result {

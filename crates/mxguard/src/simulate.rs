@@ -293,16 +293,7 @@ pub fn render(r: &Report, profiles: &[Profile]) -> String {
     }
 
     // The timeline.
-    let ends = r
-        .senders
-        .iter()
-        .filter_map(|s| s.delivered_at_s.or(s.bounced_at_s))
-        .chain(
-            r.backup
-                .as_ref()
-                .and_then(|b| b.delivered_at_s.or(b.bounced_at_s)),
-        );
-    let span = ends.max().unwrap_or(recovery).max(recovery).max(1);
+    let span = r.settled_at().max(1);
     let col = column_width(span);
     let _ = writeln!(out);
     let label_w = name_w.max(10);

@@ -10,6 +10,7 @@
 pub mod postfix;
 pub mod relay;
 pub mod swaks;
+pub mod webdriver;
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Write as _};
