@@ -59,8 +59,16 @@ pub struct WebArgs {
     /// Checks running at once, over all clients.
     #[arg(long, value_name = "N", default_value = "4")]
     pub max_checks: usize,
+    #[command(flatten)]
+    pub probe: ProbeIdentity,
+}
+
+/// Who the SMTP probes say they are, and whom they trust (`check` and
+/// `web` alike).
+#[derive(Debug, clap::Args)]
+pub struct ProbeIdentity {
     /// The name to give in EHLO (default: this machine's name if it is fully
-    /// qualified).
+    /// qualified). Receivers may refuse a name that does not resolve.
     #[arg(long, value_name = "NAME")]
     pub helo: Option<String>,
     /// Envelope sender of the relay probes (default: mxguard-probe@HELO).
@@ -97,7 +105,8 @@ impl WebArgs {
         if self.rate_limit == 0 || self.max_checks == 0 {
             anyhow::bail!("--rate-limit and --max-checks must be at least 1");
         }
-        let (helo, mail_from) = probe_identity(self.helo.as_deref(), self.mail_from.as_deref())?;
+        let (helo, mail_from) =
+            probe_identity(self.probe.helo.as_deref(), self.probe.mail_from.as_deref())?;
         let timeout = Duration::from_secs_f64(self.timeout);
         let check_timeout = Duration::from_secs_f64(self.check_timeout);
         Ok((
@@ -259,16 +268,8 @@ pub struct CheckArgs {
     /// Probe this SMTP port instead of 25 (labs and tests).
     #[arg(long, value_name = "PORT", default_value = "25")]
     pub smtp_port: u16,
-    /// The name to give in EHLO (default: this machine's name if it is fully
-    /// qualified). Receivers may refuse a name that does not resolve.
-    #[arg(long, value_name = "NAME")]
-    pub helo: Option<String>,
-    /// Envelope sender of the relay probes (default: mxguard-probe@HELO).
-    #[arg(long, value_name = "ADDR")]
-    pub mail_from: Option<String>,
-    /// Trust the CA certificates in this PEM file instead of the system's.
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub probe: ProbeIdentity,
     /// Seconds the SMTP probes of one domain may take in all.
     #[arg(long, value_name = "SECS", default_value = "60")]
     pub deadline: f64,
@@ -421,8 +422,9 @@ impl CheckArgs {
         if self.smtp_port == 0 {
             bail!("--smtp-port must be between 1 and 65535");
         }
-        let (helo, mail_from) = probe_identity(self.helo.as_deref(), self.mail_from.as_deref())?;
-        if let Some(ca) = &self.ca_file
+        let (helo, mail_from) =
+            probe_identity(self.probe.helo.as_deref(), self.probe.mail_from.as_deref())?;
+        if let Some(ca) = &self.probe.ca_file
             && !ca.is_file()
         {
             bail!("--ca-file {}: no such file", ca.display());
@@ -431,7 +433,7 @@ impl CheckArgs {
             port: self.smtp_port,
             helo,
             mail_from,
-            ca_file: self.ca_file.clone(),
+            ca_file: self.probe.ca_file.clone(),
             deadline: Duration::from_secs_f64(self.deadline),
         });
         Ok(CheckConfig {

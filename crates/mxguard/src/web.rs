@@ -7,7 +7,7 @@ use crate::cli::WebArgs;
 use crate::{Exit, Failure, output};
 
 pub async fn run(args: WebArgs) -> Result<Exit, Failure> {
-    let roots = Arc::new(crate::check::trust_roots(args.ca_file.as_deref())?);
+    let roots = Arc::new(crate::check::trust_roots(args.probe.ca_file.as_deref())?);
     let allow_private = args.allow_private;
     let (listen, cfg) = args
         .into_config(roots)
