@@ -387,7 +387,13 @@ async fn check_events(
                         }
                     }
                 };
-                let event = match state.check(&domain, &observe).await {
+                // A browser that goes away stops its check: the answers
+                // would go to nobody.
+                let outcome = tokio::select! {
+                    r = state.check(&domain, &observe) => r,
+                    () = tx.closed() => return,
+                };
+                let event = match outcome {
                     Ok(report) => Event::default().event("result").data(html::result(&report)),
                     Err(e) => Event::default()
                         .event("failure")

@@ -278,6 +278,36 @@ async fn checks_at_once_are_capped_and_each_has_a_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_browser_that_leaves_stops_its_check() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let (dns, smtp) = slow_lab(Duration::from_millis(700)).await;
+    let roots = Arc::new(rustls::RootCertStore::empty());
+    let mut cfg = config(dns.addr(), smtp.addr().port(), roots);
+    cfg.max_checks = 1;
+    cfg.check_timeout = Duration::from_secs(3);
+    let base = serve(cfg).await;
+    let addr = base.strip_prefix("http://").unwrap().to_owned();
+    // Open the event stream, wait for the first event, and hang up.
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /events?domain=slow.lab HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 0 && !line.contains("event: planned") {
+            line.clear();
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Its place is free again: the next check runs (into its own deadline)
+    // instead of being turned away as busy.
+    let (status, v) = get_json(format!("{base}/api/check?domain=slow.lab")).await;
+    assert_eq!(status, 504, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn api_simulate_runs_the_simulator() {
     let lab = demo_lab().await;
     let base = serve(config(lab.dns.addr(), lab.smtp.port(), lab.roots.clone())).await;
