@@ -182,31 +182,47 @@ pub fn route(report: &Report) -> String {
     {
         let f = facts(report, h);
         let end = (x, y + hgt / 2);
-        let class = match f.tls {
-            Tri::Yes => "edge tls",
-            Tri::No => "edge notls",
-            Tri::Unknown => "edge unknown",
+        // The edge says how the mail travels (TLS: solid, otherwise
+        // dashed) and whether this is a path spam can take (red: the host
+        // takes unknown recipients or relays).
+        let tls = match f.tls {
+            Tri::Yes => ("tls", "TLS"),
+            Tri::No => ("notls", "no TLS"),
+            Tri::Unknown => ("unknown", "TLS ?"),
         };
-        let label = match f.tls {
-            Tri::Yes => "TLS",
-            Tri::No => "no TLS",
-            Tri::Unknown => "TLS ?",
-        };
+        let mut risks = Vec::new();
+        if f.validates == Tri::No {
+            risks.push("accepts unknown users");
+        }
+        if f.refuses_relay == Tri::No {
+            risks.push("open relay");
+        }
+        let risky = if risks.is_empty() { "" } else { " risky" };
+        let mut label = format!("pref {} · {}", h.preference, tls.1);
+        for r in &risks {
+            label.push_str(" · ");
+            label.push_str(r);
+        }
         let mid = (start.0 + end.0) / 2;
         let _ = write!(
             edges,
-            "<path class=\"{class}\" d=\"M{},{} C{mid},{} {mid},{} {},{}\" marker-end=\"url(#arrow)\"><title>{label} to {name} (preference {pref})</title></path>\
-             <text class=\"edge-label\" x=\"{lx}\" y=\"{ly}\">pref {pref} · {label}</text>",
+            "<path class=\"edge {tc}{risky}\" data-to=\"{name}\" d=\"M{},{} C{mid},{} {mid},{} {},{}\" marker-end=\"url(#arrow)\"><title>to {name}: {label}</title></path>\
+             <text class=\"edge-label{risky}\" x=\"{lx}\" y=\"{ly}\" text-anchor=\"end\">{label}</text>",
             start.0,
             start.1,
             start.1,
             end.1,
             end.0 - 2,
             end.1,
+            tc = tls.0,
             name = esc(&h.exchange),
-            pref = h.preference,
-            lx = end.0 - 118,
-            ly = end.1 - 6,
+            label = esc(&label),
+            lx = end.0 - 10,
+            ly = if h.role == Role::Backup {
+                end.1 + 18
+            } else {
+                end.1 - 8
+            },
         );
     }
     // Each backup hands its mail to the first front host.
@@ -237,7 +253,7 @@ pub fn route(report: &Report) -> String {
     out.push_str("</svg>");
     out.push_str(
         "<p class=\"legend\"><span class=\"k tls\">TLS</span> trusted STARTTLS · <span class=\"k notls\">no TLS</span> none, failing or untrusted · \
-         ✓ rejects unknown recipients / refuses to relay · ✗ accepts them / relays · red: a host with a problem</p></section>",
+         red edge: a path that takes mail for unknown users or relays · ✓ rejects unknown recipients / refuses to relay · ✗ accepts them / relays · red box: a host with a problem</p></section>",
     );
     out
 }

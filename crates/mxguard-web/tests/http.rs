@@ -375,6 +375,13 @@ async fn the_page_works_without_javascript_and_loads_nothing_from_elsewhere() {
         at += found + needle.len();
     }
     assert!(page.contains("✗ accepts unknown users"), "{page}");
+    // The edge to the backup is marked as a path for spam; the primary's not.
+    assert!(
+        page.contains("<path class=\"edge tls risky\" data-to=\"mx2.backscatter.lab\""),
+        "{page}"
+    );
+    assert!(page.contains("<path class=\"edge tls\" data-to=\"mx.backscatter.lab\""));
+    assert!(page.contains("pref 20 · TLS · accepts unknown users"));
     assert!(!page.contains("<g class=\"host problem\" data-host=\"mx.backscatter.lab\""));
     for external in ["src=\"http", "href=\"http", "url(http", "@import"] {
         assert!(!page.contains(external), "{external} in the page");
