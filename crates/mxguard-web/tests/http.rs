@@ -260,7 +260,8 @@ async fn checks_at_once_are_capped_and_each_has_a_deadline() {
     cfg.check_timeout = Duration::from_secs(2);
     let base = serve(cfg).await;
     let first = tokio::spawn(get_json(format!("{base}/api/check?domain=slow.lab")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Well inside the first check's 2 s.
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let (status, retry, body) = get(format!("{base}/api/check?domain=slow.lab")).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry.as_deref(), Some("5"));
@@ -300,7 +301,8 @@ async fn a_browser_that_leaves_stops_its_check() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Well before that check's own 3 s deadline would free its place.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     // Its place is free again: the next check runs (into its own deadline)
     // instead of being turned away as busy.
     let (status, v) = get_json(format!("{base}/api/check?domain=slow.lab")).await;
