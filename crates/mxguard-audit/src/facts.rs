@@ -158,6 +158,7 @@ async fn host_facts<R: Resolver>(
         cname_chain: Vec::new(),
         ip_literal: name_as_ip_literal(&hop.exchange).is_some(),
         addresses: Vec::new(),
+        addresses_omitted: 0,
         lookup_errors: Vec::new(),
     };
     let mut ips = Vec::new();
@@ -170,9 +171,17 @@ async fn host_facts<R: Resolver>(
             collect_addresses(&hop.exchange, a, aaaa, &mut ips, &mut host.lookup_errors);
     }
     ips.dedup();
+    if ips.len() > MAX_ADDRESSES_PER_HOST {
+        host.addresses_omitted = ips.len() - MAX_ADDRESSES_PER_HOST;
+        ips.truncate(MAX_ADDRESSES_PER_HOST);
+    }
     host.addresses = join_all(ips.into_iter().map(|ip| address_facts(resolver, ip, opts))).await;
     host
 }
+
+/// The most addresses of one host looked into (reverse DNS, AS, SMTP);
+/// the others are counted in `addresses_omitted`.
+pub const MAX_ADDRESSES_PER_HOST: usize = 16;
 
 async fn address_facts<R: Resolver>(resolver: &R, ip: IpAddr, opts: GatherOptions) -> Address {
     let scope = address_scope(ip);

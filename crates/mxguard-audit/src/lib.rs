@@ -73,8 +73,13 @@ pub async fn check_domain_observed<R: Resolver>(
         },
     )
     .await?;
-    observe(Progress::Planned(&facts));
     let smtp_probed = opts.smtp.is_some();
+    if smtp_probed {
+        // So that what is shown as planned already says what will not be
+        // probed.
+        smtp::plan_probes(&mut facts, opts.allow_private);
+    }
+    observe(Progress::Planned(&facts));
     if let Some(smtp) = &opts.smtp {
         smtp::probe_all_observed(&mut facts, smtp, opts.allow_private, &|host, ip, probe| {
             observe(Progress::Probed { host, ip, probe })

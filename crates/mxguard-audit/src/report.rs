@@ -70,9 +70,17 @@ pub struct MxHost {
     /// The exchange is written as an IP address rather than a name.
     pub ip_literal: bool,
     pub addresses: Vec<Address>,
+    /// Addresses the host has beyond the first
+    /// [`crate::facts::MAX_ADDRESSES_PER_HOST`], not looked into.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub addresses_omitted: usize,
     /// Lookups about this host that got no answer (timeouts, SERVFAIL).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lookup_errors: Vec<LookupFailure>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One address of an MX host.

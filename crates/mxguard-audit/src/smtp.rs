@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::StreamExt as _;
 use mxguard_dns::net::AddressScope;
 use mxguard_smtp::client::ClientConfig;
 use mxguard_smtp::probe::{self, AddressProbe, ProbeTarget};
@@ -37,6 +37,44 @@ pub struct SmtpOptions {
 /// its address. An address shared by several hosts is probed once per host
 /// name (the certificate must match each), one conversation after another.
 /// Private addresses are skipped unless `allow_private`.
+/// The most addresses one domain's check probes (in MX preference order);
+/// the rest are marked not probed. A domain cannot aim the checker at
+/// hundreds of hosts.
+pub const MAX_PROBED_ADDRESSES: usize = 32;
+/// Probes running at once for one domain.
+pub const PROBE_CONCURRENCY: usize = 16;
+
+/// Decides which addresses will be probed: marks the others
+/// (`smtp_skipped`: private without `allow_private`, or beyond
+/// [`MAX_PROBED_ADDRESSES`]) and returns ip → the host names to probe it
+/// as, in host order. Calling it again changes nothing.
+pub fn plan_probes(facts: &mut DomainFacts, allow_private: bool) -> BTreeMap<IpAddr, Vec<String>> {
+    let mut by_ip: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    for host in &mut facts.hosts {
+        for addr in &mut host.addresses {
+            let public = addr.scope == AddressScope::Public.as_str();
+            if !public && !allow_private {
+                addr.smtp_skipped = Some(format!(
+                    "not probed: {} is a {} address (use --allow-private in a lab)",
+                    addr.ip, addr.scope
+                ));
+                continue;
+            }
+            if !by_ip.contains_key(&addr.ip) && by_ip.len() >= MAX_PROBED_ADDRESSES {
+                addr.smtp_skipped = Some(format!(
+                    "not probed: a check probes at most {MAX_PROBED_ADDRESSES} addresses, by MX preference"
+                ));
+                continue;
+            }
+            let names = by_ip.entry(addr.ip).or_default();
+            if !names.contains(&host.exchange) {
+                names.push(host.exchange.clone());
+            }
+        }
+    }
+    by_ip
+}
+
 pub async fn probe_all(facts: &mut DomainFacts, opts: &SmtpOptions, allow_private: bool) {
     probe_all_observed(facts, opts, allow_private, &|_, _, _| {}).await;
 }
@@ -57,24 +95,7 @@ pub async fn probe_all_observed(
         roots: opts.roots.clone(),
         deadline: Some(deadline),
     };
-    // ip → host names that resolve to it, in host order.
-    let mut by_ip: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-    for host in &mut facts.hosts {
-        for addr in &mut host.addresses {
-            let public = addr.scope == AddressScope::Public.as_str();
-            if !public && !allow_private {
-                addr.smtp_skipped = Some(format!(
-                    "not probed: {} is a {} address (use --allow-private in a lab)",
-                    addr.ip, addr.scope
-                ));
-                continue;
-            }
-            let names = by_ip.entry(addr.ip).or_default();
-            if !names.contains(&host.exchange) {
-                names.push(host.exchange.clone());
-            }
-        }
-    }
+    let by_ip = plan_probes(facts, allow_private);
     let unknown = probe::random_local_part();
     let domain = facts.domain.clone();
     let tasks = by_ip.into_iter().map(|(ip, names)| {
@@ -101,7 +122,10 @@ pub async fn probe_all_observed(
             (ip, results)
         }
     });
-    let done: Vec<(IpAddr, Vec<(String, AddressProbe)>)> = join_all(tasks).await;
+    let done: Vec<(IpAddr, Vec<(String, AddressProbe)>)> = futures_util::stream::iter(tasks)
+        .buffer_unordered(PROBE_CONCURRENCY)
+        .collect()
+        .await;
     for (ip, results) in done {
         for (name, result) in results {
             for host in facts.hosts.iter_mut().filter(|h| h.exchange == name) {
