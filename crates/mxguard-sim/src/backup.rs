@@ -3,6 +3,39 @@
 
 use crate::sim::{MAX_ATTEMPTS, Run};
 
+/// Who the relay sends delay and failure notices to (`[delivery] dsn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dsn {
+    /// Only senders whose MAIL FROM passed SPF at ingress.
+    #[default]
+    Authenticated,
+    Always,
+    Never,
+}
+
+impl Dsn {
+    /// What the relay does with a message it gives up on, in words.
+    pub fn give_up(self) -> &'static str {
+        match self {
+            Dsn::Authenticated => {
+                "returns it to senders that passed SPF; for the others it is lost without notice"
+            }
+            Dsn::Always => "returns it to its sender",
+            Dsn::Never => "drops it without telling anyone",
+        }
+    }
+
+    /// Who gets a notice, in words.
+    pub fn recipients(self) -> &'static str {
+        match self {
+            Dsn::Authenticated => "to senders that passed SPF only",
+            Dsn::Always => "to every sender",
+            Dsn::Never => "to nobody: dsn = \"never\"",
+        }
+    }
+}
+
 /// The relay's forwarding settings that decide the message's fate (the
 /// `[delivery]` table of its configuration).
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +50,8 @@ pub struct Backup {
     pub warn_after: u64,
     /// How often a primary that is down is asked whether it is back.
     pub probe_interval: u64,
+    /// Who gets the relay's notices.
+    pub dsn: Dsn,
 }
 
 impl Default for Backup {
@@ -28,6 +63,7 @@ impl Default for Backup {
             lifetime: 7 * 86_400,
             warn_after: 4 * 3600,
             probe_interval: 5,
+            dsn: Dsn::Authenticated,
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod backup;
 pub mod profile;
 pub mod sim;
 
-pub use backup::Backup;
+pub use backup::{Backup, Dsn};
 pub use profile::{
     Bounce, LifetimeFrom, Profile, ProfileError, Retry, RetryRule, Secs, builtin, builtin_profile,
     load_profiles, parse_duration, parse_profiles,
@@ -58,6 +58,8 @@ pub struct BackupReport {
     pub lifetime_s: u64,
     pub warn_after_s: u64,
     pub probe_interval_s: u64,
+    /// Who gets its delay and failure notices.
+    pub dsn: Dsn,
     pub attempts_s: Vec<u64>,
     pub warned_at_s: Option<u64>,
     pub bounced_at_s: Option<u64>,
@@ -136,6 +138,7 @@ pub fn report(scenario: Scenario, profiles: &[Profile], backup: Option<&Backup>)
             lifetime_s: b.lifetime,
             warn_after_s: b.warn_after,
             probe_interval_s: b.probe_interval,
+            dsn: b.dsn,
             warned_at_s: r.warnings.first().copied(),
             attempts_s: r.attempts,
             bounced_at_s: r.bounced_at,

@@ -215,11 +215,18 @@ impl Schedule for QueueRuns {
 /// one that actually passed) times the factor, and never less than the
 /// rule's interval. Attempts happen on queue runs.
 ///
-/// Past the last cut-off Exim gives up: at the next attempt that fails,
-/// and for a message itself older than the cut-off at the next queue run
-/// whether or not the retry time has come; a new message for a
-/// destination already past it is returned at once, untried, until its
-/// retry time (`delay_after_cutoff`).
+/// Past the last cut-off Exim gives up. A failure after the destination
+/// has been failing for longer than the cut-off marks its retry data
+/// expired and returns the message tried. A message older than the
+/// cut-off is tried at the next queue run whether or not the retry time
+/// has come. While the data is expired and the retry time not reached, a
+/// message is returned untried (`delay_after_cutoff`).
+///
+/// A message sent into an outage under way (`--start`) meets retry data
+/// other mail made: a sender that mails the domain often, whose oldest
+/// queued message dates from the outage's start (for a quiet sender use
+/// `--start 0`). That older mail is tried at every queue run once it is
+/// older than the cut-off, and its failure expires the data for ours.
 struct Exim<'a> {
     rules: &'a [RetryRule],
     queue_run: u64,
@@ -232,6 +239,11 @@ struct Exim<'a> {
     next_try: i64,
     /// Whether the destination has failed yet (retry data exists).
     failing: bool,
+    /// Its retry data is past the cut-off.
+    expired: bool,
+    /// Older mail for the destination is queued (sent since the outage
+    /// began).
+    older_mail: bool,
 }
 
 impl<'a> Exim<'a> {
@@ -244,20 +256,16 @@ impl<'a> Exim<'a> {
             last_try: 0,
             next_try: 0,
             failing: false,
+            expired: false,
+            older_mail: start > 0,
         };
         if start > 0 {
-            // The outage's first attempt, `start` before our message: other
-            // mail for the destination found it down then (a sender that
-            // mails this domain often; for a quiet one use --start 0).
-            let t0 = -(start as i64);
-            e.fail(t0);
             // Replay the destination's attempts before our message arrives.
-            loop {
-                let at = e.run_at_or_after(e.next_try);
-                if at >= 0 {
-                    break;
-                }
+            let mut at = -(start as i64);
+            while at < 0 {
                 e.fail(at);
+                let retry = e.run_at_or_after(e.next_try);
+                at = retry.min(e.older_mail_run(at));
             }
         }
         e
@@ -265,6 +273,16 @@ impl<'a> Exim<'a> {
 
     fn run_at_or_after(&self, t: i64) -> i64 {
         align(t, self.first_failed, self.queue_run)
+    }
+
+    /// The first queue run after `after` at which the older mail, older
+    /// than the cut-off by then, tries the destination.
+    fn older_mail_run(&self, after: i64) -> i64 {
+        if self.older_mail && self.failing {
+            self.run_at_or_after((after + 1).max(self.first_failed + self.cutoff + 1))
+        } else {
+            i64::MAX
+        }
     }
 
     fn past_cutoff(&self, t: i64) -> bool {
@@ -277,6 +295,9 @@ impl<'a> Exim<'a> {
         if first {
             self.first_failed = now;
             self.failing = true;
+        }
+        if self.past_cutoff(now) {
+            self.expired = true;
         }
         let failing = (now - self.first_failed) as u64;
         let Some(rule) = self
@@ -304,25 +325,36 @@ impl<'a> Exim<'a> {
         self.next_try = now + gap;
     }
 
-    fn step_at(&self, at: i64) -> Step {
+    /// Our message's next step after `now`, given its own next attempt at
+    /// `ours`: older mail may get there first and expire the data.
+    fn step(&self, now: i64, ours: i64) -> Step {
+        let older = self.older_mail_run(now);
+        if older < ours && self.past_cutoff(older) {
+            // The older mail fails there; ours is returned untried.
+            return Step::GiveUp { at: older as u64 };
+        }
         Step::Try {
-            at: at as u64,
-            last: self.past_cutoff(at),
+            at: ours as u64,
+            last: self.past_cutoff(ours),
         }
     }
 }
 
 impl Schedule for Exim<'_> {
     fn first(&mut self) -> Step {
-        if self.failing && self.next_try > 0 {
-            if self.past_cutoff(0) {
-                // delay_after_cutoff: returned at once, untried.
-                return Step::GiveUp { at: 0 };
-            }
-            // Not tried until the destination's retry time has come.
-            return self.step_at(self.run_at_or_after(self.next_try));
+        if !self.failing || self.next_try <= 0 {
+            // No retry data, or its retry time has come: tried at once.
+            return Step::Try {
+                at: 0,
+                last: self.past_cutoff(0),
+            };
         }
-        self.step_at(0)
+        if self.expired {
+            // delay_after_cutoff: returned at once, untried.
+            return Step::GiveUp { at: 0 };
+        }
+        // Not tried until the destination's retry time has come.
+        self.step(0, self.run_at_or_after(self.next_try))
     }
 
     fn next(&mut self, t: u64) -> Step {
@@ -335,7 +367,7 @@ impl Schedule for Exim<'_> {
         if too_old < at {
             at = too_old;
         }
-        self.step_at(at)
+        self.step(now, at)
     }
 }
 
@@ -381,7 +413,13 @@ pub fn simulate(profile: &Profile, start: u64, recovery: Option<u64>) -> Run {
     loop {
         let (t, last) = match step {
             Step::GiveUp { at } => {
-                run.bounced_at = Some(at);
+                // The sender looks at the destination then: if it is back
+                // (other mail got through), ours goes too.
+                if recovery.is_some_and(|r| at >= r) {
+                    run.delivered_at = Some(at);
+                } else {
+                    run.bounced_at = Some(at);
+                }
                 break;
             }
             Step::Try { at, last } => (at, last),

@@ -150,9 +150,15 @@ pub fn result(report: &Report) -> String {
 
 /// The row id of one address of one host, for streamed updates.
 pub fn row_id(host: &str, ip: &std::net::IpAddr) -> String {
+    // Letters and digits as they are, anything else as _xx: two different
+    // host/address pairs never share an id.
     let mut id = String::from("row-");
-    for c in format!("{host}-{ip}").chars() {
-        id.push(if c.is_ascii_alphanumeric() { c } else { '-' });
+    for b in format!("{host} {ip}").bytes() {
+        if b.is_ascii_alphanumeric() {
+            id.push(char::from(b));
+        } else {
+            id.push_str(&format!("_{b:02x}"));
+        }
     }
     id
 }
@@ -322,11 +328,41 @@ pub fn outage_panel_with(chosen: &str, backup: bool) -> String {
         let selected = if value == chosen { " selected" } else { "" };
         let _ = write!(out, "<option value=\"{value}\"{selected}>{label}</option>");
     }
+    // A length asked for in the URL that the list does not have.
+    if !OUTAGES.iter().any(|(v, _)| *v == chosen) && mxguard_sim::parse_duration(chosen).is_ok() {
+        let v = esc(chosen);
+        let _ = write!(out, "<option value=\"{v}\" selected>{v}</option>");
+    }
     out.push_str(
         "</select> <input id=\"outage-backup\" type=\"checkbox\" name=\"backup\" value=\"1\"{checked}> \
-         <label for=\"outage-backup\">with a backup MX (mxguard relay)</label> \
+         <label for=\"outage-backup\">with a backup MX that works like mxguard relay (its defaults)</label> \
          <button type=\"submit\">Show the senders' timeline</button></form>\
          <div id=\"outage-result\"></div></section>",
     );
     out.replace("{checked}", if backup { " checked" } else { "" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_ids_never_collide_and_are_safe_in_html() {
+        let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let a = row_id("a-b.x.test", &ip);
+        let b = row_id("a.b-x.test", &ip);
+        assert_ne!(a, b);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        );
+    }
+
+    #[test]
+    fn escaping_covers_attributes_and_text() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
 }

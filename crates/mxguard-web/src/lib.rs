@@ -33,7 +33,7 @@ use mxguard_audit::{CheckOptions, Progress, Report, SmtpOptions};
 use mxguard_dns::{HickoryResolver, ResolverSpec};
 use serde::Deserialize;
 
-use crate::limits::{Capacity, RateLimit};
+use crate::limits::{Capacity, PerClient, RateLimit};
 
 const STYLE: &str = include_str!("assets/style.css");
 const SCRIPT: &str = include_str!("assets/app.js");
@@ -145,7 +145,11 @@ struct AppState {
     resolver: HickoryResolver,
     rate: RateLimit,
     capacity: Capacity,
+    per_client: Arc<PerClient>,
 }
+
+/// Checks one client may have running at once.
+const CHECKS_PER_CLIENT: usize = 2;
 
 /// The application, ready to serve (with `ConnectInfo<SocketAddr>`, for
 /// the per-client limits: see [`serve`]).
@@ -155,6 +159,7 @@ pub fn app(cfg: WebConfig) -> Result<Router, String> {
     let state = Arc::new(AppState {
         rate: RateLimit::new(cfg.rate_per_minute, cfg.rate_burst),
         capacity: Capacity::new(cfg.max_checks),
+        per_client: Arc::new(PerClient::default()),
         resolver,
         cfg,
     });
@@ -215,6 +220,46 @@ struct DomainQuery {
     domain: Option<String>,
 }
 
+/// Names that never resolve on the public internet (RFC 6761, 6762, 8375,
+/// 9476, and the TLDs in common private use): a public checker would only
+/// reach its own network's DNS with them.
+const PRIVATE_SUFFIXES: [&str; 14] = [
+    "localhost",
+    "local",
+    "internal",
+    "intranet",
+    "lan",
+    "home",
+    "corp",
+    "private",
+    "test",
+    "example",
+    "invalid",
+    "onion",
+    "alt",
+    "home.arpa",
+];
+
+fn private_name(ascii: &str) -> bool {
+    PRIVATE_SUFFIXES
+        .iter()
+        .any(|s| ascii == *s || ascii.ends_with(&format!(".{s}")))
+        || ascii.ends_with(".in-addr.arpa")
+        || ascii.ends_with(".ip6.arpa")
+}
+
+/// The domain asked for, as an A-label name; names of private networks
+/// only with `allow_private`.
+fn domain_for(q: &DomainQuery, allow_private: bool) -> Result<String, WebError> {
+    let ascii = domain_of(q)?;
+    if !allow_private && private_name(&ascii) {
+        return Err(WebError::BadRequest(format!(
+            "{ascii} is a name for private networks, not a domain on the internet; this server checks public domains only."
+        )));
+    }
+    Ok(ascii)
+}
+
 /// The domain asked for, as an A-label name.
 fn domain_of(q: &DomainQuery) -> Result<String, WebError> {
     let raw = q.domain.as_deref().unwrap_or("").trim();
@@ -260,16 +305,31 @@ impl AppState {
     /// One check, under the cap and the deadline.
     async fn check(
         &self,
+        from: &SocketAddr,
         domain: &str,
         observe: &(dyn Fn(Progress<'_>) + Sync),
     ) -> Result<Report, WebError> {
+        let _mine = self
+            .per_client
+            .try_start(from.ip(), CHECKS_PER_CLIENT)
+            .ok_or(WebError::Busy)?;
         let _permit = self.capacity.try_start().ok_or(WebError::Busy)?;
         let limit = self.cfg.check_timeout;
         let run =
             mxguard_audit::check_domain_observed(&self.resolver, domain, self.options(), observe);
         match tokio::time::timeout(limit, run).await {
             Err(_) => Err(WebError::Timeout(limit)),
-            Ok(Err(e)) => Err(WebError::CheckFailed(format!("{domain}: {e}"))),
+            Ok(Err(e)) => {
+                // The detail names this server's resolver: for the log,
+                // not for the public.
+                tracing::warn!(target: "mxguard::web", %domain, error = %e, "check failed");
+                let why = if e.is_resolver_unreachable() {
+                    "the DNS resolver did not answer in time; try again later"
+                } else {
+                    "its MX records could not be looked up (its name servers gave an error or no answer)"
+                };
+                Err(WebError::CheckFailed(format!("{domain}: {why}.")))
+            }
             Ok(Ok(report)) => Ok(report),
         }
     }
@@ -315,14 +375,14 @@ async fn check_page(
     Query(q): Query<DomainQuery>,
 ) -> Response {
     let typed = q.domain.clone().unwrap_or_default();
-    let domain = match domain_of(&q) {
+    let domain = match domain_for(&q, state.cfg.allow_private) {
         Ok(d) => d,
         Err(e) => return e.page(&typed),
     };
     if let Err(e) = state.admit(&from) {
         return e.page(&typed);
     }
-    match state.check(&domain, &|_| {}).await {
+    match state.check(&from, &domain, &|_| {}).await {
         Ok(report) => Html(html::page(
             &format!("mxguard — {domain}"),
             &domain,
@@ -342,7 +402,8 @@ async fn check_events(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     Query(q): Query<DomainQuery>,
 ) -> Response {
-    let started = domain_of(&q).and_then(|d| state.admit(&from).map(|()| d));
+    let started =
+        domain_for(&q, state.cfg.allow_private).and_then(|d| state.admit(&from).map(|()| d));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     match started {
         Err(e) => {
@@ -364,8 +425,20 @@ async fn check_events(
                     Progress::Planned(facts) => {
                         let mut map = planned.lock().unwrap_or_else(|e| e.into_inner());
                         for h in &facts.hosts {
+                            // The host without its addresses: a row needs
+                            // only its own.
+                            let bare = mxguard_audit::report::MxHost {
+                                preference: h.preference,
+                                exchange: h.exchange.clone(),
+                                role: h.role,
+                                cname_chain: Vec::new(),
+                                ip_literal: h.ip_literal,
+                                addresses: Vec::new(),
+                                addresses_omitted: 0,
+                                lookup_errors: Vec::new(),
+                            };
                             for a in &h.addresses {
-                                map.insert((h.exchange.clone(), a.ip), (h.clone(), a.clone()));
+                                map.insert((h.exchange.clone(), a.ip), (bare.clone(), a.clone()));
                             }
                         }
                         let _ = tx.send(
@@ -390,7 +463,7 @@ async fn check_events(
                 // A browser that goes away stops its check: the answers
                 // would go to nobody.
                 let outcome = tokio::select! {
-                    r = state.check(&domain, &observe) => r,
+                    r = state.check(&from, &domain, &observe) => r,
                     () = tx.closed() => return,
                 };
                 let event = match outcome {
@@ -427,14 +500,14 @@ async fn api_check(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     Query(q): Query<DomainQuery>,
 ) -> Response {
-    let domain = match domain_of(&q) {
+    let domain = match domain_for(&q, state.cfg.allow_private) {
         Ok(d) => d,
         Err(e) => return e.json(),
     };
     if let Err(e) = state.admit(&from) {
         return e.json();
     }
-    match state.check(&domain, &|_| {}).await {
+    match state.check(&from, &domain, &|_| {}).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(e) => e.json(),
     }
@@ -476,9 +549,14 @@ fn simulate(q: &SimQuery) -> Result<mxguard_sim::Report, WebError> {
     let profiles = match q.profile.as_deref().filter(|p| !p.is_empty()) {
         None => all,
         Some(list) => {
-            let mut out = Vec::new();
+            if list.len() > 1000 {
+                return Err(WebError::BadRequest("profile: the list is too long".into()));
+            }
+            let mut out: Vec<mxguard_sim::Profile> = Vec::new();
             for id in list.split(',').map(str::trim) {
                 match all.iter().find(|p| p.id == id) {
+                    // Each sender once.
+                    Some(p) if out.iter().any(|q| q.id == p.id) => {}
                     Some(p) => out.push(p.clone()),
                     None => {
                         return Err(WebError::BadRequest(format!(
@@ -498,6 +576,14 @@ fn simulate(q: &SimQuery) -> Result<mxguard_sim::Report, WebError> {
     Ok(mxguard_sim::report(scenario, &profiles, backup.as_ref()))
 }
 
+/// A simulation is CPU work: it runs off the async workers, so that it
+/// never holds up other requests.
+async fn simulate_off_runtime(q: SimQuery) -> Result<mxguard_sim::Report, WebError> {
+    tokio::task::spawn_blocking(move || simulate(&q))
+        .await
+        .unwrap_or_else(|_| Err(WebError::CheckFailed("the simulation failed".into())))
+}
+
 async fn api_simulate(
     State(state): State<Arc<AppState>>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
@@ -506,7 +592,7 @@ async fn api_simulate(
     if let Err(e) = state.admit(&from) {
         return e.json();
     }
-    match simulate(&q) {
+    match simulate_off_runtime(q).await {
         Ok(r) => axum::Json(r).into_response(),
         Err(e) => e.json(),
     }
@@ -518,7 +604,12 @@ async fn simulate_page(
     Query(q): Query<SimQuery>,
 ) -> Response {
     let fragment = truthy(&q.fragment);
-    let result = state.admit(&from).and_then(|()| simulate(&q));
+    let chosen = q.outage.clone().unwrap_or_else(|| "6h".into());
+    let backup = truthy(&q.backup);
+    let result = match state.admit(&from) {
+        Ok(()) => simulate_off_runtime(q).await,
+        Err(e) => Err(e),
+    };
     match (result, fragment) {
         (Ok(r), true) => Html(timeline::fragment(&r)).into_response(),
         (Ok(r), false) => Html(html::page(
@@ -526,7 +617,7 @@ async fn simulate_page(
             "",
             &format!(
                 "{}{}",
-                html::outage_panel_with(q.outage.as_deref().unwrap_or("6h"), truthy(&q.backup)),
+                html::outage_panel_with(&chosen, backup),
                 timeline::fragment(&r)
             ),
         ))

@@ -55,6 +55,8 @@ struct HostFacts {
     validates: Tri,
     refuses_relay: Tri,
     reachable: Tri,
+    unreachable: usize,
+    probed: usize,
     problems: Vec<String>,
 }
 
@@ -87,11 +89,17 @@ fn facts(report: &Report, h: &MxHost) -> HostFacts {
                 .map(|p| from_status(p.unknown_recipient.status)),
         ),
         refuses_relay: fold(probes.iter().map(|p| from_status(p.relay_status()))),
-        reachable: fold(
-            probes
-                .iter()
-                .map(|p| if p.reachable { Tri::Yes } else { Tri::No }),
-        ),
+        // A host answers if any of its addresses does (a dual-stack host
+        // seen from a server without IPv6 is not dead).
+        reachable: if probes.iter().any(|p| p.reachable) {
+            Tri::Yes
+        } else if probes.is_empty() {
+            Tri::Unknown
+        } else {
+            Tri::No
+        },
+        unreachable: probes.iter().filter(|p| !p.reachable).count(),
+        probed: probes.len(),
         problems,
     }
 }
@@ -325,7 +333,7 @@ fn host_box(report: &Report, h: &MxHost, x: i32, y: i32) -> String {
             Tri::Unknown => (format!("? {unknown}"), "unknown"),
         }
     };
-    let badges = if f.reachable == Tri::No {
+    let mut badges = if f.reachable == Tri::No {
         vec![("✗ does not answer SMTP".to_owned(), "bad")]
     } else {
         vec![
@@ -338,6 +346,12 @@ fn host_box(report: &Report, h: &MxHost, x: i32, y: i32) -> String {
             mark(f.refuses_relay, "no relay", "OPEN RELAY", "relay"),
         ]
     };
+    if f.reachable == Tri::Yes && f.unreachable > 0 {
+        badges.push((
+            format!("{} of {} unreachable", f.unreachable, f.probed),
+            "unknown",
+        ));
+    }
     let mut bx = x + 10;
     for (text, class) in badges {
         let _ = write!(

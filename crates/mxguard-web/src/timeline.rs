@@ -51,6 +51,17 @@ pub fn fragment(r: &Report) -> String {
         )
     };
     let _ = write!(out, "<p class=\"sim-headline\">{}</p>", esc(&headline));
+    if let Some(b) = &r.backup {
+        let _ = write!(
+            out,
+            "<p class=\"note\">The backup is modelled on mxguard relay's defaults (retry 1m … 1h, probe every {}s, keeps mail {}, notices {}). \
+             It helps only if it takes the message: with callout validation, during an outage only for recipients it verified with the primary \
+             within its cache's lifetime (31 days by default); others get 451 and stay with the sender.</p>",
+            b.probe_interval_s,
+            esc(&format_secs(b.lifetime_s)),
+            esc(b.dsn.recipients())
+        );
+    }
 
     // The timeline.
     let span = r.settled_at().max(1) as f64 * 1.03;

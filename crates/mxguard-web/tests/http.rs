@@ -144,9 +144,11 @@ async fn api_check_returns_the_report_of_check() {
         r["error"]["message"]
             .as_str()
             .unwrap()
-            .starts_with("xn--bcher-kva.lab: could not look up MX"),
+            .starts_with("xn--bcher-kva.lab: its MX records could not be looked up"),
         "{r}"
     );
+    // This server's resolver is its own business.
+    assert!(!r.to_string().contains(&lab.dns.addr().to_string()), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,6 +207,25 @@ async fn private_addresses_are_never_probed_without_allow_private() {
     );
     let probed: u64 = lab.smtp.hosts().iter().map(LabSmtp::connections).sum();
     assert_eq!(probed, 0, "a private address was connected to");
+    // Names of private networks are not looked up at all.
+    for name in [
+        "printer.local",
+        "intranet.corp",
+        "db.internal",
+        "router.home.arpa",
+        "localhost",
+    ] {
+        let (status, v) = get_json(format!("{base}/api/check?domain={name}")).await;
+        assert_eq!(status, 400, "{name}: {v}");
+    }
+    let (_, v) = get_json(format!("{base}/api/check?domain=printer.local")).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("private networks"),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -323,6 +344,14 @@ async fn api_simulate_runs_the_simulator() {
         assert!(s["bounced_at_s"].is_u64(), "{s}");
         assert!(s["with_backup"]["delivered_at_s"].is_u64(), "{s}");
     }
+    // Each sender once, however often it is named.
+    let many = vec!["sendmail"; 100].join(",");
+    let (status, v) = get_json(format!("{base}/api/simulate?outage=60d&profile={many}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["senders"].as_array().unwrap().len(), 1);
+    let too_many = vec!["sendmail"; 400].join(",");
+    let (status, _) = get_json(format!("{base}/api/simulate?outage=1h&profile={too_many}")).await;
+    assert_eq!(status, 400);
     let (status, v) = get_json(format!("{base}/api/simulate?outage=6h")).await;
     assert_eq!(status, 200);
     assert!(

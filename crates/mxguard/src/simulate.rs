@@ -130,6 +130,11 @@ fn backup_from_config(path: &std::path::Path) -> Result<Backup, Failure> {
         lifetime: d.lifetime.as_secs(),
         warn_after: d.warn_after.as_secs(),
         probe_interval: d.probe_interval.as_secs().max(1),
+        dsn: match d.dsn {
+            mxguard_relay::config::DsnPolicy::Authenticated => mxguard_sim::Dsn::Authenticated,
+            mxguard_relay::config::DsnPolicy::Always => mxguard_sim::Dsn::Always,
+            mxguard_relay::config::DsnPolicy::Never => mxguard_sim::Dsn::Never,
+        },
     })
 }
 
@@ -362,6 +367,14 @@ pub fn render(r: &Report, profiles: &[Profile]) -> String {
             out,
             "  every sender hands the message to the backup on its first attempt, at +0s;"
         );
+        let _ = writeln!(
+            out,
+            "{}",
+            paint(
+                DIM,
+                "  (if the backup takes it: with recipients = \"callout\", during an outage only for addresses it verified\n   with the primary within the cache's lifetime, 31 days by default; others get 451 and stay with the sender)"
+            )
+        );
         match (b.delivered_at_s, b.bounced_at_s) {
             (Some(d), _) => {
                 let _ = writeln!(
@@ -379,9 +392,10 @@ pub fn render(r: &Report, profiles: &[Profile]) -> String {
                     paint(
                         RED,
                         &format!(
-                            "the backup gives up at {} ({} lifetime) and returns the message — to SPF-authenticated senders only.",
+                            "the backup gives up at {} ({} lifetime) and {}.",
                             at(x),
-                            format_secs(b.lifetime_s)
+                            format_secs(b.lifetime_s),
+                            b.dsn.give_up()
                         )
                     )
                 );
@@ -391,8 +405,9 @@ pub fn render(r: &Report, profiles: &[Profile]) -> String {
         if let Some(w) = b.warned_at_s {
             let _ = writeln!(
                 out,
-                "  It sends a delay notice at {} (with dsn = \"authenticated\", only to senders that passed SPF).",
-                at(w)
+                "  It sends a delay notice at {} ({}).",
+                at(w),
+                b.dsn.recipients()
             );
         }
         let changes = changes(r);
@@ -408,6 +423,29 @@ fn changes(r: &Report) -> String {
     let Some(b) = &r.backup else {
         return String::new();
     };
+    if let (None, Some(gave_up)) = (b.delivered_at_s, b.bounced_at_s) {
+        let sooner: Vec<String> = r
+            .senders
+            .iter()
+            .filter_map(|s| s.bounced_at_s.map(|t| (t, s.name.as_str())))
+            .filter(|(t, _)| *t < gave_up)
+            .take(3)
+            .map(|(t, n)| format!("{n} {}", at(t)))
+            .collect();
+        let mut line = format!(
+            "What changes: the backup does not save the message; it gives up at {} and {}",
+            at(gave_up),
+            b.dsn.give_up()
+        );
+        if !sooner.is_empty() {
+            line.push_str(&format!(
+                ", where the senders alone would have returned it sooner ({})",
+                sooner.join(", ")
+            ));
+        }
+        line.push('.');
+        return line;
+    }
     let saved: Vec<&str> = r
         .senders
         .iter()
@@ -442,16 +480,16 @@ fn changes(r: &Report) -> String {
 /// The time one column stands for: a round span, so that the axis reads
 /// 0, 3h, 6h, … rather than 0, 2h1m, 4h2m.
 fn column_width(span: u64) -> u64 {
-    const NICE: [u64; 20] = [
-        1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10_800, 14_400,
-        21_600, 43_200, 86_400,
+    // Labels fall every 15 columns, so each width is a round span / 15:
+    // 1m, 2m, 5m, 10m, 15m, 30m, 1h, 2h, 3h, 4h, 6h, 12h, 1d, 2d, 3d, 5d.
+    const NICE: [u64; 16] = [
+        4, 8, 20, 40, 60, 120, 240, 480, 720, 960, 1440, 2880, 5760, 11_520, 17_280, 28_800,
     ];
     let need = span.div_ceil(WIDTH as u64 - 1).max(1);
-    // Labels fall every 15 columns: 15 × (a quarter hour, an hour, …).
     NICE.iter()
         .copied()
         .find(|&n| n >= need)
-        .unwrap_or_else(|| need.div_ceil(86_400) * 86_400)
+        .unwrap_or_else(|| need.div_ceil(5760) * 5760)
 }
 
 /// The time axis: a label every 15 columns.

@@ -227,6 +227,27 @@ fn the_backup_takes_its_settings_from_a_relay_configuration() {
     assert_eq!(b["attempts_s"].as_array().unwrap()[..3], [0, 600, 4200]);
     let d = b["delivered_at_s"].as_u64().unwrap();
     assert!((8 * D..=8 * D + 30).contains(&d), "{b}");
+    assert_eq!(b["dsn"], "authenticated");
+    // A relay that sends no notices loses the mail silently when it gives up.
+    std::fs::write(
+        &cfg,
+        "hostname = \"backup.example.net\"\n[spool]\npath = \"spool\"\n[delivery]\ndsn = \"never\"\n",
+    )
+    .unwrap();
+    let o = simulate(&[
+        "--outage",
+        "9d",
+        "--profile",
+        "postfix",
+        "--relay-config",
+        cfg.to_str().unwrap(),
+    ]);
+    let out = text(&o);
+    assert!(out.contains("drops it without telling anyone"), "{out}");
+    assert!(
+        out.contains("the senders alone would have returned it sooner (Postfix +5d20m)"),
+        "{out}"
+    );
     // Without the relay's own 10 days, the default 7 would not do.
     let v = json(&["--outage", "8d", "--profile", "postfix", "--backup"]);
     assert!(v["backup"]["bounced_at_s"].is_u64());
