@@ -175,6 +175,8 @@ pub struct Callout {
     /// The port MX hosts are reached on.
     mx_port: u16,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Told what each primary advertises in its EHLO.
+    pub mirror: Arc<crate::mirror::Mirror>,
 }
 
 fn unix_now() -> u64 {
@@ -230,6 +232,7 @@ impl Callout {
             own,
             mx_port,
             metrics,
+            mirror: Arc::new(crate::mirror::Mirror::default()),
         }
     }
 
@@ -362,7 +365,15 @@ impl Callout {
         };
         let mut why = Vec::new();
         for (host, addr) in targets {
-            match ask_one(addr, cfg.clone(), address, &self.helo).await {
+            match ask_one(
+                addr,
+                cfg.clone(),
+                address,
+                &self.helo,
+                (&self.mirror, domain),
+            )
+            .await
+            {
                 Ok(Asked::Unknown(w)) | Err(w) => why.push(format!("{host} [{}]: {w}", addr)),
                 Ok(answer) => {
                     tracing::debug!(%address, %host, %addr, ?answer, "callout answered");
@@ -394,6 +405,7 @@ async fn ask_one(
     cfg: ClientConfig,
     address: &str,
     me: &str,
+    (mirror, domain): (&crate::mirror::Mirror, &str),
 ) -> Result<Asked, String> {
     let text = |e: SmtpError| e.to_string();
     let (mut conn, banner) = Connection::connect(addr, cfg).await.map_err(text)?;
@@ -402,7 +414,7 @@ async fn ask_one(
         return Err(format!("banner {}", banner.one_line()));
     }
     let result = async {
-        let (hello, _) = conn.hello().await.map_err(text)?;
+        let (hello, caps) = conn.hello().await.map_err(text)?;
         if !hello.is_positive() {
             return Err(format!("EHLO/HELO answered {}", hello.one_line()));
         }
@@ -416,6 +428,7 @@ async fn ask_one(
         if greets_as.eq_ignore_ascii_case(me) {
             return Err(format!("it greets as {me}: this relay itself"));
         }
+        mirror.learn(domain, &caps);
         let mail = conn.command("MAIL FROM:<>").await.map_err(text)?;
         if !mail.is_positive() {
             return Ok(Asked::Unknown(format!(

@@ -227,6 +227,7 @@ pub struct Delivery {
     own: Vec<SocketAddr>,
     events: Arc<Events>,
     metrics: Arc<Metrics>,
+    mirror: Arc<crate::mirror::Mirror>,
     /// Attempts in progress, for a shutdown that lets them finish.
     inflight: std::sync::atomic::AtomicUsize,
     idle: Notify,
@@ -251,6 +252,8 @@ pub struct DeliveryParts {
     pub own: Vec<SocketAddr>,
     pub events: Arc<Events>,
     pub metrics: Arc<Metrics>,
+    /// Told what each primary advertises.
+    pub mirror: Arc<crate::mirror::Mirror>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -279,6 +282,7 @@ impl Delivery {
             own: p.own,
             events: p.events,
             metrics: p.metrics,
+            mirror: p.mirror,
             sched: Mutex::new(Sched::default()),
             gates: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
@@ -989,6 +993,14 @@ impl Delivery {
                 return Err((e, true));
             }
         };
+        // A configured domain's primary: the relay holds itself to what it
+        // advertises.
+        if let Some(first) = rcpts.first() {
+            let domain = domain_of(first);
+            if matches!(self.route(&domain), Route::Backed { .. }) {
+                self.mirror.learn(&domain, &caps);
+            }
+        }
         match self
             .transact(&mut conn, &caps, envelope, message, rcpts)
             .await

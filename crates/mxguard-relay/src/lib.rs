@@ -21,6 +21,7 @@ pub mod events;
 pub mod hops;
 pub mod list;
 pub mod metrics;
+pub mod mirror;
 pub mod policy;
 pub mod server;
 pub mod session;

@@ -40,6 +40,11 @@ impl Policy {
         &self.callout
     }
 
+    /// The configured domains (lower case).
+    pub fn domain_names(&self) -> impl Iterator<Item = &String> {
+        self.domains.keys()
+    }
+
     /// Decide on `RCPT TO:<address>` (the address as smtp-proto parsed it).
     pub async fn rcpt(&self, address: &str) -> RcptDecision {
         let refuse = |reply: String, reason| RcptDecision::Refuse { reply, reason };

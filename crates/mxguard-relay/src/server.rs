@@ -396,6 +396,7 @@ pub async fn start(prepared: Prepared, options: Options) -> Result<Running, Star
         own: smtp_addrs.clone(),
         events: options.events.clone(),
         metrics: base.metrics.clone(),
+        mirror: base.policy.callout().mirror.clone(),
     });
     let queued = delivery
         .load()

@@ -219,6 +219,11 @@ struct Transaction {
     body: Body,
     smtputf8: bool,
     rcpts: Vec<String>,
+    /// The SIZE the client declared at MAIL (0: none).
+    declared_size: u64,
+    /// The largest message this transaction may carry: the relay's own
+    /// limit, lowered to each recipient domain's primary's (see `mirror`).
+    size_limit: u64,
 }
 
 /// TLS facts for the Received header.
@@ -491,7 +496,13 @@ impl Session {
         let mut lines = vec![
             format!("250 {me} Hello {name} [{ip}]"),
             "PIPELINING".into(),
-            format!("SIZE {}", self.settings().max_message_size),
+            format!(
+                "SIZE {}",
+                self.shared.policy.callout().mirror.advertised(
+                    self.settings().max_message_size,
+                    self.shared.policy.domain_names()
+                )
+            ),
             "8BITMIME".into(),
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
@@ -570,6 +581,8 @@ impl Session {
             },
             smtputf8,
             rcpts: Vec::new(),
+            declared_size: from.size as u64,
+            size_limit: max,
         });
         self.wire.reply("250 2.1.0 Ok");
         true
@@ -598,6 +611,20 @@ impl Session {
         }
         match self.shared.policy.rcpt(&to.address).await {
             RcptDecision::Accept(address) => {
+                // Never take what the primary would refuse: its SIZE.
+                let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+                let primary_limit = self.shared.policy.callout().mirror.size_limit(&domain);
+                let tx = self.tx.as_mut().expect("checked above");
+                if let Some(limit) = primary_limit {
+                    if tx.declared_size > limit {
+                        let reply = format!(
+                            "552 5.3.4 Message size exceeds the limit of the primary for {domain} ({limit} octets)"
+                        );
+                        self.reject(Stage::Rcpt, "too-big-for-primary", Some(to.address), &reply);
+                        return true;
+                    }
+                    tx.size_limit = tx.size_limit.min(limit);
+                }
                 let tx = self.tx.as_mut().expect("checked above");
                 if !tx.rcpts.contains(&address) {
                     tx.rcpts.push(address);
@@ -760,7 +787,11 @@ impl Session {
         self.wire.reply("354 End data with <CR><LF>.<CR><LF>");
 
         let s = self.settings().clone();
-        let mut receiver = DataReceiver::new(s.max_message_size, s.max_line);
+        let size_limit = self
+            .tx
+            .as_ref()
+            .map_or(s.max_message_size, |tx| tx.size_limit);
+        let mut receiver = DataReceiver::new(size_limit, s.max_line);
         let mut out = Vec::with_capacity(64 * 1024);
         let mut spool_error: Option<SpoolError> = None;
         loop {
@@ -825,7 +856,7 @@ impl Session {
             return self.spool_failed(&e, "end of DATA").map(|_| true);
         }
         let problem = receiver.problem().expect("no commit without a problem");
-        let (reply, reason) = problem.reply(s.max_message_size, s.max_line);
+        let (reply, reason) = problem.reply(size_limit, s.max_line);
         self.reject(Stage::Data, reason, None, &reply);
         self.tx = None;
         Ok(true)

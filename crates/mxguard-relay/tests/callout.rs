@@ -219,3 +219,68 @@ async fn a_callout_that_reaches_the_relay_itself_is_not_believed() {
     let r = rcpt(&relay, "alice@example.com").await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
 }
+
+/// A primary that takes messages of at most 1000 octets.
+async fn small_primary() -> LabSmtp {
+    let script = HostScript::new("mail.example.com")
+        .extensions(["PIPELINING", "SIZE 1000", "8BITMIME", "ENHANCEDSTATUSCODES"])
+        .rcpt("alice@example.com", (250, "2.1.5 Ok"))
+        .rcpt_default((550, "5.1.1 User unknown"));
+    LabSmtp::start(LOCALHOST, 0, script).await.unwrap()
+}
+
+#[tokio::test]
+async fn holds_itself_to_the_primarys_size_limit() {
+    let lab = small_primary().await;
+    let mut relay = Relay::start("", &callout_domain(&lab.addr().to_string())).await;
+    let mut c = relay.client().await;
+    // Before it has heard from the primary, its own limit.
+    let ehlo = c.cmd("EHLO client.example").await;
+    assert!(ehlo.contains("SIZE 52428800"), "{ehlo}");
+    // A declared size over the primary's limit: refused at RCPT, once the
+    // callout has seen the primary's EHLO.
+    assert_eq!(
+        code(&c.cmd("MAIL FROM:<a@sender.example> SIZE=5000").await),
+        "250"
+    );
+    let r = c.cmd("RCPT TO:<alice@example.com>").await;
+    assert_eq!(
+        r,
+        "552 5.3.4 Message size exceeds the limit of the primary for example.com (1000 octets)"
+    );
+    assert_eq!(code(&c.cmd("RSET").await), "250");
+    // Undeclared and too big: refused after DATA, nothing queued.
+    assert_eq!(code(&c.cmd("MAIL FROM:<a@sender.example>").await), "250");
+    assert_eq!(code(&c.cmd("RCPT TO:<alice@example.com>").await), "250");
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(1500));
+    c.send(big.as_bytes()).await;
+    let done = c.cmd(".").await;
+    assert_eq!(
+        done,
+        "552 5.3.4 Message refused: larger than the limit of 1000 octets"
+    );
+    assert_eq!(relay.queued(), 0);
+    // Within the limit: taken.
+    let small = b"Subject: small\r\n\r\nhello\r\n";
+    let replies = c
+        .send_mail("a@sender.example", &["alice@example.com"], small)
+        .await;
+    assert!(
+        replies.last().unwrap().starts_with("250 2.0.0 Ok: queued"),
+        "{replies:?}"
+    );
+    // A new session is told the primary's limit up front.
+    let mut c2 = relay.client().await;
+    let ehlo = c2.cmd("EHLO client.example").await;
+    assert!(ehlo.contains("SIZE 1000"), "{ehlo}");
+    let reasons: Vec<&str> = relay
+        .drain_events()
+        .iter()
+        .filter_map(|e| match e {
+            MailEvent::Rejected { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, ["too-big-for-primary", "too-big"]);
+}

@@ -676,3 +676,46 @@ async fn the_flush_reuses_one_connection() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_delivery_teaches_the_relay_the_primarys_size_limit() {
+    // List mode: no callouts; the first delivery is the first time the
+    // relay hears the primary's EHLO.
+    let primary = LabSmtp::start(
+        LOCALHOST,
+        0,
+        HostScript::new("mail.example.com").extensions(["SIZE 1000", "8BITMIME"]),
+    )
+    .await
+    .unwrap();
+    let relay = relay(
+        FAST,
+        &domain(&primary.addr().to_string()),
+        FakeDns::default(),
+        25,
+    )
+    .await;
+    let mut c = relay.client().await;
+    assert!(c.cmd("EHLO client.example").await.contains("SIZE 52428800"));
+    let r = c
+        .send_mail("a@sender.example", &["bob@example.com"], MESSAGE)
+        .await;
+    assert!(r.last().unwrap().starts_with("250"), "{r:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while relay.queued() > 0 {
+        assert!(std::time::Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut c = relay.client().await;
+    let ehlo = c.cmd("EHLO client.example").await;
+    assert!(ehlo.contains("SIZE 1000"), "{ehlo}");
+    assert_eq!(
+        code(&c.cmd("MAIL FROM:<a@sender.example> SIZE=2000").await),
+        "250"
+    );
+    assert!(
+        c.cmd("RCPT TO:<bob@example.com>")
+            .await
+            .starts_with("552 5.3.4")
+    );
+}
