@@ -146,6 +146,35 @@ fn rcpt_sessions(primary: &Postfix, want: usize) -> Vec<String> {
 
 /// A callout, as the primary's session summary shows it: it ends in RSET
 /// and never gets to DATA.
+/// The EHLO answer of the SMTP server at `addr`.
+fn ehlo(addr: SocketAddr) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    w.write_all(b"EHLO interop.test\r\n").unwrap();
+    let mut text = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+        if line.as_bytes().get(3) == Some(&b' ') {
+            break;
+        }
+    }
+    let _ = w.write_all(b"QUIT\r\n");
+    text
+}
+
 fn is_callout(session: &str) -> bool {
     session.contains(" rset=1 ") && !session.contains(" data=")
 }
@@ -463,6 +492,14 @@ fn relay_between_real_postfix_and_swaks() {
             && sent[0].contains("delivered to maildir"),
         "the primary delivered {primary_id} to {known}'s maildir, and nothing else: \
          {sent:#?}\n{ctx}"
+    );
+
+    // The relay has heard the primary's EHLO: it now holds itself to
+    // Postfix's message_size_limit (10240000 by default), not its own 50 MB.
+    let ehlo = ehlo(relay.addr);
+    assert!(
+        ehlo.lines().any(|l| l == "250-SIZE 10240000"),
+        "the relay advertises the primary's SIZE after talking to it:\n{ehlo}\n{ctx}"
     );
 
     // (d) The primary goes down: unknown recipients wait, known answers stand.
