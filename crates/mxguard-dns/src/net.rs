@@ -138,6 +138,20 @@ pub fn address_scope(ip: IpAddr) -> AddressScope {
                 return address_scope(IpAddr::V4(v4));
             }
             let seg = v6.segments();
+            // 6to4 (RFC 3056): the IPv4 address it tunnels to decides; a
+            // 6to4 address around a private one reaches a private network.
+            if seg[0] == 0x2002 {
+                let embedded = std::net::Ipv4Addr::new(
+                    (seg[1] >> 8) as u8,
+                    seg[1] as u8,
+                    (seg[2] >> 8) as u8,
+                    seg[2] as u8,
+                );
+                let inner = address_scope(IpAddr::V4(embedded));
+                if inner != AddressScope::Public {
+                    return inner;
+                }
+            }
             if v6.is_loopback() {
                 AddressScope::Loopback
             } else if (seg[0] & 0xfe00) == 0xfc00 {
@@ -147,6 +161,9 @@ pub fn address_scope(ip: IpAddr) -> AddressScope {
             } else if v6.is_unspecified()
                 || v6.is_multicast()
                 || (seg[0] == 0x2001 && seg[1] == 0x0db8)
+                // Documentation (RFC 9637) and benchmarking (RFC 5180).
+                || (seg[0] & 0xfff0) == 0x3ff0
+                || (seg[0] == 0x2001 && seg[1] == 0x0002 && seg[2] == 0)
                 || (seg[0] & 0xe000) != 0x2000
             {
                 AddressScope::Reserved
@@ -226,6 +243,11 @@ mod tests {
             ("2001:db8::1", AddressScope::Reserved),
             ("2a00:1450::1", AddressScope::Public),
             ("::ffff:10.0.0.1", AddressScope::Private),
+            ("2002:0a00:0001::1", AddressScope::Private),
+            ("2002:7f00:0001::1", AddressScope::Loopback),
+            ("2002:0808:0808::1", AddressScope::Public),
+            ("3fff:1::1", AddressScope::Reserved),
+            ("2001:2::1", AddressScope::Reserved),
         ];
         for (ip, want) in cases {
             assert_eq!(address_scope(ip.parse().unwrap()), want, "{ip}");
