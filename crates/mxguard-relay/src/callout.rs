@@ -177,6 +177,32 @@ pub struct Callout {
     metrics: Arc<crate::metrics::Metrics>,
     /// Told what each primary advertises in its EHLO.
     pub mirror: Arc<crate::mirror::Mirror>,
+    /// One callout at a time per address: a session asking about an
+    /// address another is already asking about waits for that answer
+    /// rather than calling the primary again.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A turn at asking about one address; given back (and forgotten when
+/// nobody else waits) when dropped.
+struct Turn<'a> {
+    callout: &'a Callout,
+    address: &'a str,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self
+            .callout
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // The map's reference and ours: nobody else is waiting.
+        if Arc::strong_count(&self.gate) <= 2 {
+            inflight.remove(self.address);
+        }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -233,6 +259,7 @@ impl Callout {
             mx_port,
             metrics,
             mirror: Arc::new(crate::mirror::Mirror::default()),
+            inflight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -249,6 +276,28 @@ impl Callout {
             judge(entries.get(address), now, &self.cfg)
         };
         self.metrics.callout(matches!(state, Cached::Fresh(_)));
+        if let Cached::Fresh(e) = &state {
+            return cached_verdict(e);
+        }
+        // Wait for a callout about the same address already under way,
+        // then look again: it may have answered.
+        let gate = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(address.to_owned())
+            .or_default()
+            .clone();
+        let turn = Turn {
+            callout: self,
+            address,
+            gate,
+        };
+        let _held = turn.gate.lock().await;
+        let state = {
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            judge(entries.get(address), unix_now(), &self.cfg)
+        };
         let stale = match state {
             Cached::Fresh(e) => return cached_verdict(&e),
             Cached::Stale(e) => Some(e),

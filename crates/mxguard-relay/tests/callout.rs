@@ -284,3 +284,33 @@ async fn holds_itself_to_the_primarys_size_limit() {
         .collect();
     assert_eq!(reasons, ["too-big-for-primary", "too-big"]);
 }
+
+#[tokio::test]
+async fn sessions_asking_about_the_same_address_share_one_callout() {
+    // A slow primary: each reply takes 150 ms.
+    let script = HostScript::new("mail.example.com")
+        .rcpt("alice@example.com", (250, "2.1.5 Ok"))
+        .rcpt_default((550, "5.1.1 User unknown"))
+        .reply_delay(std::time::Duration::from_millis(150));
+    let lab = LabSmtp::start(LOCALHOST, 0, script).await.unwrap();
+    let relay = Relay::start("", &callout_domain(&lab.addr().to_string())).await;
+    let (a, b, c) = tokio::join!(
+        rcpt(&relay, "alice@example.com"),
+        rcpt(&relay, "alice@example.com"),
+        rcpt(&relay, "alice@example.com")
+    );
+    for r in [&a, &b, &c] {
+        assert_eq!(code(r), "250", "{r}");
+    }
+    let asked = lab
+        .commands()
+        .iter()
+        .filter(|c| c.as_str() == "RCPT TO:<alice@example.com>")
+        .count();
+    assert_eq!(
+        asked,
+        1,
+        "three sessions, one callout: {:?}",
+        lab.commands()
+    );
+}
