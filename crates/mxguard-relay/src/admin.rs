@@ -149,16 +149,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn metrics_text(State(a): State<Admin>) -> Response {
-    let spool = a.spool.clone();
-    let oldest = tokio::task::spawn_blocking(move || {
-        spool
-            .list()
-            .ok()
-            .and_then(|l| l.iter().map(|e| e.envelope.received_at).min())
-    })
-    .await
-    .ok()
-    .flatten();
+    let oldest = a.delivery.oldest_arrival();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         a.metrics.render(oldest),

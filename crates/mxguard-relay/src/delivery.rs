@@ -174,6 +174,25 @@ struct Sched {
     domains: HashMap<QueueId, Vec<String>>,
     /// Destinations that could not be reached, since when.
     down: HashMap<String, SystemTime>,
+    /// Every queued message by arrival, held or not: the oldest is the
+    /// first (for `/metrics` without reading the spool).
+    arrivals: BTreeSet<(SystemTime, QueueId)>,
+    arrived: HashMap<QueueId, SystemTime>,
+}
+
+impl Sched {
+    fn arrive(&mut self, id: &QueueId, at: SystemTime) {
+        if let Some(old) = self.arrived.insert(id.clone(), at) {
+            self.arrivals.remove(&(old, id.clone()));
+        }
+        self.arrivals.insert((at, id.clone()));
+    }
+
+    fn depart(&mut self, id: &QueueId) {
+        if let Some(at) = self.arrived.remove(id) {
+            self.arrivals.remove(&(at, id.clone()));
+        }
+    }
 }
 
 impl Sched {
@@ -299,6 +318,7 @@ impl Delivery {
         let mut s = lock(&self.sched);
         for e in &entries {
             let id = e.envelope.id.clone();
+            s.arrive(&id, e.envelope.received_at);
             s.domains.insert(id.clone(), pending_domains(&e.state));
             if e.state.held {
                 s.held.insert(id);
@@ -321,6 +341,7 @@ impl Delivery {
         domains.sort();
         domains.dedup();
         s.domains.insert(id.clone(), domains);
+        s.arrive(&id, envelope.received_at);
         let now = SystemTime::now();
         s.put(id, now);
         drop(s);
@@ -420,8 +441,14 @@ impl Delivery {
         let mut s = lock(&self.sched);
         s.held.remove(id);
         s.domains.remove(id);
+        s.depart(id);
         drop(s);
         self.refresh_gauges();
+    }
+
+    /// When the oldest queued message arrived.
+    pub fn oldest_arrival(&self) -> Option<SystemTime> {
+        lock(&self.sched).arrivals.first().map(|(at, _)| *at)
     }
 
     /// New routes after a reload; messages already queued follow them

@@ -503,11 +503,17 @@ async fn admin_listener_serves_metrics_and_the_queue() {
     .await
     .unwrap();
     assert_eq!(status, 200);
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mxguard_queue_oldest_age_seconds "))
+        .expect("the oldest age")
+        .parse()
+        .unwrap();
+    assert!(age < 30.0, "the message was queued moments ago: {age}");
     for want in [
         "mxguard_queue_messages 1",
         "mxguard_accepted_total 1",
         "mxguard_rejections_total{reason=\"relay-denied\"} 1",
-        "mxguard_queue_oldest_age_seconds",
         "mxguard_deferred_total",
         "mxguard_callout_cache_hits_total 0",
     ] {
