@@ -871,7 +871,19 @@ impl Delivery {
         }
 
         if !pending {
-            match self.spool.remove(id) {
+            // Off the runtime's threads: the removal waits for directory
+            // fsyncs, which then group with other deliveries' removals
+            // instead of holding up the whole runner.
+            let (spool, rid) = (self.spool.clone(), id.clone());
+            let removed = tokio::task::spawn_blocking(move || spool.remove(&rid))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(mxguard_queue::SpoolError::Io {
+                        context: format!("removing {id}"),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
+            match removed {
                 Ok(()) | Err(mxguard_queue::SpoolError::NotFound(_)) => self.forget(id),
                 Err(e) => {
                     tracing::error!(target: "mxguard::delivery", %id, error = %e, "delivered but cannot remove from the spool");
