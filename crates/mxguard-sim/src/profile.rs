@@ -370,8 +370,15 @@ pub fn load_profiles(path: &Path) -> Result<Vec<Profile>, ProfileError> {
 
 /// The profiles mxguard ships with, in the order they are shown.
 pub fn builtin() -> Vec<Profile> {
-    parse_profiles(BUILTIN, "profiles.toml (built in)")
-        .unwrap_or_else(|e| panic!("the built-in profiles do not parse: {e}"))
+    // Parsed and checked once: every simulation (and every web request)
+    // starts from them.
+    static BUILT_IN: std::sync::OnceLock<Vec<Profile>> = std::sync::OnceLock::new();
+    BUILT_IN
+        .get_or_init(|| {
+            parse_profiles(BUILTIN, "profiles.toml (built in)")
+                .unwrap_or_else(|e| panic!("the built-in profiles do not parse: {e}"))
+        })
+        .clone()
 }
 
 /// The built-in profile with this id.
