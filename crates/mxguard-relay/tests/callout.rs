@@ -9,7 +9,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use common::{FakeDns, Relay, Scratch, code};
 use mxguard_dns::MxRecord;
 use mxguard_lab::smtp::{HostScript, LabSmtp};
-use mxguard_relay::MailEvent;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -64,14 +63,7 @@ async fn mirrors_the_primarys_answers_and_never_sends_data() {
     assert_eq!(code(&rcpt(&relay, "alice@example.com").await), "250");
     assert_eq!(code(&rcpt(&relay, "nobody@example.com").await), "550");
     assert_eq!(lab.connections(), before);
-    let reasons: Vec<&str> = relay
-        .drain_events()
-        .iter()
-        .filter_map(|e| match e {
-            MailEvent::Rejected { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect();
+    let reasons = relay.rejection_reasons();
     assert_eq!(
         reasons,
         [
@@ -274,14 +266,7 @@ async fn holds_itself_to_the_primarys_size_limit() {
     let mut c2 = relay.client().await;
     let ehlo = c2.cmd("EHLO client.example").await;
     assert!(ehlo.contains("SIZE 1000"), "{ehlo}");
-    let reasons: Vec<&str> = relay
-        .drain_events()
-        .iter()
-        .filter_map(|e| match e {
-            MailEvent::Rejected { reason, .. } => Some(*reason),
-            _ => None,
-        })
-        .collect();
+    let reasons = relay.rejection_reasons();
     assert_eq!(reasons, ["too-big-for-primary", "too-big"]);
 }
 

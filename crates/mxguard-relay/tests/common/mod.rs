@@ -196,6 +196,18 @@ impl Relay {
         self.spool.list().unwrap().len()
     }
 
+    /// The reasons of the rejections so far, in order (other events are
+    /// dropped).
+    pub fn rejection_reasons(&mut self) -> Vec<&'static str> {
+        self.drain_events()
+            .iter()
+            .filter_map(|e| match e {
+                MailEvent::Rejected { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every event so far.
     pub fn drain_events(&mut self) -> Vec<MailEvent> {
         let mut out = Vec::new();
